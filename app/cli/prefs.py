@@ -1,0 +1,7 @@
+"""`cdra prefs`: (being built)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,7 @@
+"""`cdra serve`: (being built)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,139 @@
+"""One typed settings object for the whole product: defaults < TOML file < CDRA_* env vars < CLI flags.
+
+Nested fields use a double underscore in the environment, e.g. CDRA_JUDGE__BACKEND=openai,
+CDRA_JUDGE__BASE_URL=http://127.0.0.1:8000/v1, CDRA_CHAT__PORT=7861.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from alignment.engines.spec import ModelSpec
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+ROLES = ("policy", "preference", "prm", "judge", "teacher")
+Role = Literal["policy", "preference", "prm", "judge", "teacher"]
+
+
+class MemorySettings(BaseModel):
+    """Vector memory: embedded chromadb under data_dir unless a chroma server is configured."""
+
+    chroma_host: str | None = None
+    chroma_port: int = 8000
+    embedding_model: str | None = Field(None, description="local sentence-transformers dir; default: packaged all-MiniLM-L6-v2")
+    top_k: int = 8
+    relevance_cutoff: float = Field(0.25, description="minimum cosine similarity for a record to be retrieved")
+    token_budget: int = Field(512, description="max tokens of retrieved memory put into a prompt")
+
+
+class ChatSettings(BaseModel):
+    """The Gradio app and the generation settings of a chat turn."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    root_path: str = ""
+    auth: bool = Field(True, description="require sign-in against the user store")
+    max_message_chars: int = 8000
+    max_new_tokens: int = 384
+    temperature: float = 0.7
+    top_p: float = 0.95
+    show_reasoning: bool = True
+
+
+class ServeSettings(BaseModel):
+    """`cdra serve`: the OpenAI-compatible HTTP API."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = Field(None, description="if set, clients must send it as a Bearer token")
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "cdra"
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Construct with ``load_settings()`` so the TOML file is found."""
+
+    model_config = SettingsConfigDict(env_prefix="CDRA_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    model_cache_dir: Path | None = Field(None, description="converted model cache; default data_dir/models")
+    seed: int = 0
+
+    policy: ModelSpec = ModelSpec()
+    preference: ModelSpec = ModelSpec()
+    prm: ModelSpec = ModelSpec()
+    judge: ModelSpec = ModelSpec()
+    teacher: ModelSpec = ModelSpec()
+
+    memory: MemorySettings = MemorySettings()
+    chat: ChatSettings = ChatSettings()
+    serve: ServeSettings = ServeSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get("CDRA_CONFIG_FILE")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    # Derived locations: one data directory holds everything a user owns.
+    @property
+    def models_dir(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "models"
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "registry"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    def role(self, role: Role) -> ModelSpec:
+        return getattr(self, role)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from (lowest to highest) defaults, the TOML file, CDRA_* env vars, explicit overrides.
+
+    The TOML file is ``config_file``, else $CDRA_CONFIG_FILE, else ``<data_dir>/config.toml`` if it exists.
+    """
+    if config_file is None and "CDRA_CONFIG_FILE" not in os.environ:
+        data_dir = Path(overrides.get("data_dir") or os.environ.get("CDRA_DATA_DIR") or default_data_dir())
+        candidate = data_dir / "config.toml"
+        config_file = candidate if candidate.exists() else None
+    previous = os.environ.get("CDRA_CONFIG_FILE")
+    try:
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file {path} does not exist")
+            os.environ["CDRA_CONFIG_FILE"] = str(path)
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return Settings(**clean)
+    finally:
+        if previous is None:
+            os.environ.pop("CDRA_CONFIG_FILE", None)
+        else:
+            os.environ["CDRA_CONFIG_FILE"] = previous
