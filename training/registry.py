@@ -2,17 +2,20 @@
 
 Layout under ``<data_dir>/registry``::
 
-    <role>/<version>/manifest.json   # version, role, base, adapter|weights, parent, metrics, data, created
+    <role>/<version>/manifest.json   # version, role, base, adapter|weights, parent, config, data, metrics, created
     <role>/<version>/...             # a PEFT adapter or full weights
     serving.json                     # {"policy": "policy-0003", "prm": "prm-0001"}
 
-Writes go through a temporary file and ``os.replace`` so a crash never leaves a half-promoted state.
+Writes go through a temporary file and ``os.replace`` so a crash never leaves a half-promoted state;
+a version directory without a manifest is an unfinished write and is invisible to readers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -29,8 +32,9 @@ class RegisteredModel:
     weights: str | None = None  # relative to path, when the artifact is a full model
     parent: str | None = None
     metrics: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # what it was trained on: {name: fingerprint(path)}
     created: str = ""
+    config: dict = field(default_factory=dict)  # the training configuration, for reproducing it
 
     @property
     def adapter_dir(self) -> Path | None:
@@ -82,7 +86,27 @@ class ModelRegistry:
         return RegisteredModel(**{k: v for k, v in data.items() if k in RegisteredModel.__dataclass_fields__})
 
     def next_version(self, role: str) -> str:
-        return f"{role}-{len(self.versions(role)) + 1:04d}"
+        """One past the highest number used so far, counting unfinished directories too."""
+        role_dir = self.root / role
+        numbers = [0]
+        if role_dir.is_dir():
+            for p in role_dir.iterdir():
+                m = _VERSION.fullmatch(p.name)
+                if m and m.group(1) == role:
+                    numbers.append(int(m.group(2)))
+        return f"{role}-{max(numbers) + 1:04d}"
+
+    def new_version_dir(self, role: str) -> tuple[str, Path]:
+        """Reserve the next version's directory (created exclusively, so two writers never share one)."""
+        while True:
+            version = self.next_version(role)
+            path = self.root / role / version
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return version, path
 
     def register(self, model: RegisteredModel) -> RegisteredModel:
         """Write the manifest of a version whose files are already in ``model.path``."""
@@ -107,6 +131,72 @@ class ModelRegistry:
         mapping[role] = version
         write_json_atomic(self._serving_file, mapping)
 
+    def latest(self, role: str) -> RegisteredModel | None:
+        found = self.versions(role)
+        return found[-1] if found else None
+
     def serving_stamp(self) -> float:
         """Changes whenever a version is promoted: the app reloads the policy when it changes."""
         return self._serving_file.stat().st_mtime if self._serving_file.is_file() else 0.0
+
+
+_VERSION = re.compile(r"(.+)-(\d{4,})")
+
+
+def fingerprint(path: Path) -> dict:
+    """What a version was trained on: the file (or datasets directory), its sha256 and record count."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    records = 0
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for line in fh:
+                digest.update(line)
+                if f.suffix == ".jsonl" and line.strip():
+                    records += 1
+    return {"path": str(path.resolve()), "sha256": digest.hexdigest(), "records": records}
+
+
+@dataclass(frozen=True)
+class TrainingStart:
+    """Where a training stage starts: a transformers directory, optionally an adapter to continue."""
+
+    base: str  # what the new version's manifest records as its base: "default" or a model directory
+    model_dir: Path  # the concrete directory the weights load from
+    adapter: Path | None = None  # a PEFT adapter to keep training (the serving version's)
+    parent: str | None = None  # the registry version this one descends from
+
+
+def training_start(registry: ModelRegistry, role: str, spec, models_dir: Path) -> TrainingStart:
+    """Resolve a role's ModelSpec to trainable weights, continuing from its serving version.
+
+    ``auto`` continues the serving version (its adapter on its base, or its full weights), else
+    the packaged default; ``default``/``transformers``/``vllm`` start from the configured weights.
+    Endpoints cannot be trained here.
+    """
+    from alignment.engines.default_model import ensure_default_model
+    from alignment.errors import CdraError
+
+    def default_dir() -> Path:
+        return ensure_default_model(Path(models_dir))
+
+    if spec.backend == "auto":
+        serving = registry.serving(role)
+        if serving is None:
+            return TrainingStart("default", default_dir())
+        if serving.weights_dir is not None:
+            return TrainingStart(str(serving.weights_dir), serving.weights_dir, None, serving.version)
+        model_dir = default_dir() if serving.base == "default" else Path(serving.base)
+        return TrainingStart(serving.base, model_dir, serving.adapter_dir, serving.version)
+    if spec.backend == "default":
+        return TrainingStart("default", default_dir(), Path(spec.adapter) if spec.adapter else None)
+    if spec.backend in ("transformers", "vllm"):
+        if not spec.path:
+            raise CdraError(f"the {role} role has backend={spec.backend} but no `path` to train from")
+        return TrainingStart(spec.path, Path(spec.path), Path(spec.adapter) if spec.adapter else None)
+    raise CdraError(
+        f"the {role} role is served by an endpoint ({spec.backend}); training needs local weights: "
+        f"set {role}.backend to auto, default or transformers"
+    )

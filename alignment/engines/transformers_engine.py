@@ -15,6 +15,7 @@ from pathlib import Path
 from alignment.engines.base import (
     Completion,
     Conversation,
+    EmptyPromptError,
     Engine,
     EngineError,
     PromptTooLongError,
@@ -22,6 +23,7 @@ from alignment.engines.base import (
     Scored,
     check_conversation,
 )
+from alignment.engines.tokens import TokenLogprob
 
 
 def _dtype(name: str):
@@ -238,6 +240,79 @@ class TransformersEngine(Engine):
             token_lp = picked[i, len(p) - 1 : len(p) - 1 + len(c)].tolist()
             out.append(Scored(logprob=float(sum(token_lp)), token_logprobs=token_lp))
         return out
+
+    # -- token level (alignment.engines.tokens.TokenEngine: raw completions and log-probs for the server) --
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def complete_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        import torch
+
+        rows = [list(p) for p in prompts]
+        for p in rows:
+            if not p:
+                raise EmptyPromptError("the prompt is empty: send some text")
+            self._check_fits(len(p), params.max_new_tokens)
+        results: list[list[Completion]] = []
+        rows_per_batch = max(1, self.batch_size // max(1, params.n))
+        with self._lock, torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            for start in range(0, len(rows), rows_per_batch):
+                results.extend(self._generate_chunk(rows[start : start + rows_per_batch], params))
+        return results
+
+    def sequence_logprobs(
+        self, rows: Sequence[Sequence[int]], top_k: int = 0, next_token: bool = False
+    ) -> list[list[TokenLogprob]]:
+        import torch
+
+        rows = [list(r) for r in rows]
+        for r in rows:
+            self._check_fits(len(r), 0)
+        out: list[list[TokenLogprob]] = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(rows), self.batch_size):
+                out.extend(self._sequence_chunk(rows[start : start + self.batch_size], top_k, next_token))
+        return out
+
+    def _sequence_chunk(self, rows: list[list[int]], top_k: int, next_token: bool) -> list[list[TokenLogprob]]:
+        import torch
+
+        results: list[list[TokenLogprob]] = [[] for _ in rows]
+        live = [i for i, r in enumerate(rows) if r]
+        if not live:
+            return results
+        width = max(len(rows[i]) for i in live)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in live], device=self.device)
+        attention = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in live], device=self.device)
+        logits = self.model(input_ids=input_ids, attention_mask=attention).logits
+        for b, i in enumerate(live):
+            row = rows[i]
+            # log-softmax row by row, so a long batch never holds B x T x vocab floats twice
+            lp = torch.log_softmax(logits[b, : len(row)].float(), dim=-1)
+            picked = lp[:-1].gather(-1, input_ids[b, 1 : len(row)].unsqueeze(-1)).squeeze(-1).tolist()
+            tops = lp.topk(top_k, dim=-1) if top_k else None
+            entries = [TokenLogprob(row[0], self._token_str(row[0]), None)]
+            for pos in range(1, len(row)):
+                entries.append(TokenLogprob(row[pos], self._token_str(row[pos]), picked[pos - 1], self._top(tops, pos - 1)))
+            if next_token:
+                best = int(lp[-1].argmax())
+                entries.append(TokenLogprob(best, self._token_str(best), float(lp[-1, best]), self._top(tops, len(row) - 1)))
+            results[i] = entries
+        return results
+
+    def _token_str(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def _top(self, tops, pos: int) -> list[tuple[str, float]]:
+        if tops is None:
+            return []
+        return [(self._token_str(int(t)), float(v)) for v, t in zip(tops.values[pos].tolist(), tops.indices[pos].tolist())]
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

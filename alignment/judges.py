@@ -1,0 +1,482 @@
+"""LLM-as-judge: rubric requests -> judgments with the judge's rationale and a strictly parsed verdict.
+
+A judgment's verdict comes from the judge's JSON reply (``{"rationale": ..., "verdict": "yes"}``), parsed
+strictly: anything else is an unparseable verdict that is counted and reported, never guessed. On local
+engines the verdict is read from the judge's probabilities of each option right after its own rationale
+(``Engine.score`` on ``{"rationale": "...", "verdict": "yes`` vs ``..."no``), which a 135M judge gives
+reliably even when its JSON is broken; both readings are stored. Judgments are cached in SQLite
+(``EvalCache``) per (judge, rubric, rendered prompt), so an interrupted run resumes and a re-run is free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from alignment.engines.base import Engine, EngineError, Message, SamplingParams
+from alignment.errors import CdraError
+from alignment.prompts import render
+from alignment.prompts.judge import ALOE_TURN, NO_NOTES, PAIRWISE, YES_NO_RUBRICS, format_history
+
+Kind = Literal["yesno", "pair", "rating"]
+OPTIONS: dict[str, tuple[str, ...]] = {"yesno": ("yes", "no"), "pair": ("A", "B"), "rating": ("1", "2", "3", "4", "5")}
+VERDICT_KEY: dict[str, str] = {"yesno": "verdict", "pair": "verdict", "rating": "rating"}
+RUBRIC_KIND: dict[str, Kind] = {**{name: "yesno" for name in YES_NO_RUBRICS}, "pairwise": "pair", "aloe_turn": "rating"}
+
+
+class VerdictParseError(CdraError, ValueError):
+    """The judge's reply is not exactly one JSON object with a rationale and a valid verdict."""
+
+
+@dataclass(frozen=True)
+class ParsedVerdict:
+    rationale: str
+    verdict: bool | str | int  # yes/no -> bool, pair -> "A"/"B", rating -> 1..5
+
+
+_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.S | re.I)
+
+
+def parse_verdict(text: str, kind: Kind) -> ParsedVerdict:
+    """Strict: the reply (optionally inside one ```json fence) must be a JSON object with a non-empty
+    string ``rationale`` and the verdict key of its kind; extra prose before or after is an error."""
+    body = text.strip()
+    fenced = _FENCE.match(body)
+    if fenced:
+        body = fenced.group(1).strip()
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise VerdictParseError(f"not a JSON object ({exc.msg} at char {exc.pos}): {text[:120]!r}") from None
+    if not isinstance(obj, dict):
+        raise VerdictParseError(f"expected a JSON object, got {type(obj).__name__}")
+    rationale = obj.get("rationale")
+    if not isinstance(rationale, str) or not rationale.strip():
+        raise VerdictParseError("missing or empty \"rationale\"")
+    key = VERDICT_KEY[kind]
+    if key not in obj:
+        raise VerdictParseError(f"missing \"{key}\"")
+    return ParsedVerdict(rationale.strip(), _read_value(obj[key], kind))
+
+
+def _read_value(value: Any, kind: Kind) -> bool | str | int:
+    if kind == "yesno":
+        if isinstance(value, str) and value.strip().lower() in ("yes", "no"):
+            return value.strip().lower() == "yes"
+        raise VerdictParseError(f"verdict must be \"yes\" or \"no\", not {value!r}")
+    if kind == "pair":
+        if isinstance(value, str) and value.strip().upper() in ("A", "B"):
+            return value.strip().upper()
+        raise VerdictParseError(f"verdict must be \"A\" or \"B\", not {value!r}")
+    if isinstance(value, bool):
+        raise VerdictParseError(f"rating must be a whole number 1..5, not {value!r}")
+    if isinstance(value, int) and 1 <= value <= 5:
+        return value
+    if isinstance(value, str) and value.strip() in OPTIONS["rating"]:
+        return int(value.strip())
+    raise VerdictParseError(f"rating must be a whole number 1..5, not {value!r}")
+
+
+# -- requests and judgments ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    rubric: str
+    kind: Kind
+    messages: tuple[Message, ...]
+    meta: dict = field(default_factory=dict, hash=False, compare=False)  # item_id, method, ... kept with the judgment
+
+
+@dataclass
+class Judgment:
+    rubric: str
+    kind: str
+    verdict: bool | str | int | None  # None: no readable verdict (counted, reported)
+    rationale: str
+    source: str  # "logprobs" | "json" | "none"
+    json_verdict: bool | str | int | None = None
+    json_error: str | None = None  # why the JSON reply could not be read
+    probabilities: dict[str, float] | None = None  # option -> probability (local engines)
+    raw: str = ""
+    judge: str = ""
+    error: str | None = None  # the request itself failed (e.g. prompt too long)
+    meta: dict = field(default_factory=dict)
+    cached: bool = False
+
+    @property
+    def p_yes(self) -> float | None:
+        return self.probabilities.get("yes") if self.probabilities else None
+
+    def to_record(self) -> dict:
+        record = asdict(self)
+        record.pop("cached")
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict, meta: dict | None = None) -> Judgment:
+        fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
+        judgment = cls(**fields)
+        if meta is not None:
+            judgment.meta = dict(meta)
+        return judgment
+
+
+def rubric_request(rubric: str, *, preference: str, query: str, response: str, history: Sequence[Message] = (),
+                   notes: str | None = None, meta: dict | None = None) -> JudgeRequest:
+    """A yes/no rubric (alignment/prompts/judge.py) applied to one response."""
+    if rubric not in YES_NO_RUBRICS:
+        raise CdraError(f"unknown rubric {rubric!r}; known: {', '.join(YES_NO_RUBRICS)}")
+    messages = render(
+        YES_NO_RUBRICS[rubric], preference=preference or "(none stated)", query=query,
+        history=format_history(list(history)), notes=notes or NO_NOTES, response=response or "(empty reply)",
+    )
+    return JudgeRequest(rubric, "yesno", tuple(messages), dict(meta or {}))
+
+
+def pairwise_requests(*, preference: str, query: str, response_x: str, response_y: str, meta: dict | None = None,
+                      swap: bool = True, rng: random.Random | None = None) -> list[JudgeRequest]:
+    """Head-to-head requests for responses x and y with position-bias control.
+
+    ``swap=True`` asks both orders (x as A, then x as B), so a judge that always prefers one position
+    produces a tie rather than a win; ``swap=False`` asks one order drawn at random.
+    """
+    orders = ["xy", "yx"] if swap else [(rng or random.Random()).choice(["xy", "yx"])]
+    requests = []
+    for order in orders:
+        a, b = (response_x, response_y) if order == "xy" else (response_y, response_x)
+        messages = render(PAIRWISE, preference=preference or "(none stated)", query=query, response_a=a, response_b=b)
+        requests.append(JudgeRequest("pairwise", "pair", tuple(messages), {**(meta or {}), "order": order}))
+    return requests
+
+
+def pairwise_outcome(judgments: Sequence[Judgment]) -> tuple[str | None, float | None]:
+    """Combine the orders of one pair: ("x" | "y" | "tie" | None, P(x better) averaged over orders)."""
+    votes, probs = [], []
+    for j in judgments:
+        order = j.meta.get("order", "xy")
+        if j.verdict in ("A", "B"):
+            votes.append("x" if (j.verdict == "A") == (order == "xy") else "y")
+        if j.probabilities:
+            p_a = j.probabilities.get("A", 0.5)
+            probs.append(p_a if order == "xy" else 1 - p_a)
+    p_x = sum(probs) / len(probs) if probs else None
+    if not votes or len(votes) < len(judgments):
+        return None, p_x  # an order without a readable verdict: the pair is undecided, not a win
+    if len(set(votes)) > 1:
+        return "tie", p_x  # the verdict followed the position, not the content
+    return votes[0], p_x
+
+
+def aloe_turn_request(*, profile: str, personality: str, hidden_preferences: Sequence[str],
+                      history: Sequence[Message], message: str, response: str, meta: dict | None = None) -> JudgeRequest:
+    """ALOE's per-turn rating: a judge that knows the person rates the reply 1-5."""
+    messages = render(
+        ALOE_TURN, profile=profile, personality=personality or "(not given)",
+        hidden_preferences="; ".join(hidden_preferences) or "(none listed)",
+        history=format_history(list(history), max_chars=3000), message=message, response=response or "(empty reply)",
+    )
+    return JudgeRequest("aloe_turn", "rating", tuple(messages), dict(meta or {}))
+
+
+# -- the cache -----------------------------------------------------------------------------------
+
+
+def digest(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+class EvalCache:
+    """Answers and judgments of evaluation runs in one SQLite file (WAL), keyed by what produced them.
+
+    Each chunk is committed as soon as it is computed, so a killed run loses at most one chunk.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, kind TEXT NOT NULL, model TEXT, "
+                "item_id TEXT, method TEXT, rubric TEXT, payload TEXT NOT NULL, created TEXT NOT NULL)"
+            )
+            self._db.commit()
+        except sqlite3.DatabaseError as exc:
+            raise CdraError(f"cannot open the evaluation cache {self.path}: {exc}; delete it to start afresh") from exc
+        self.hits = 0
+        self.misses = 0
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                for key, payload in self._db.execute(f"SELECT key, payload FROM entries WHERE key IN ({marks})", chunk):
+                    found[key] = json.loads(payload)
+        self.hits += len(found)
+        self.misses += len(set(keys) - set(found))
+        return found
+
+    def put_many(self, rows: Iterable[tuple[str, str, dict, dict]]) -> None:
+        """rows: (key, kind, payload, meta with optional model/item_id/method/rubric)."""
+        now = datetime.now(timezone.utc).isoformat()
+        values = [
+            (key, kind, meta.get("model"), meta.get("item_id"), meta.get("method"), meta.get("rubric"),
+             json.dumps(payload, ensure_ascii=False, default=str), now)
+            for key, kind, payload, meta in rows
+        ]
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)", values)
+            self._db.commit()
+
+    def count(self, kind: str | None = None) -> int:
+        with self._lock:
+            if kind is None:
+                return self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM entries WHERE kind = ?", (kind,)).fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+@dataclass
+class CallStats:
+    """Model work actually done (cache misses) versus reused; a fully cached re-run shows zero calls."""
+
+    generate_calls: int = 0
+    generated: int = 0  # completions produced
+    score_calls: int = 0
+    scored: int = 0  # continuations scored
+    cache_hits: int = 0
+
+    @property
+    def model_calls(self) -> int:
+        return self.generate_calls + self.score_calls
+
+
+# -- the judge ------------------------------------------------------------------------------------
+
+
+@dataclass
+class JudgeConfig:
+    """How the judge decodes and reads verdicts.
+
+    ``use_logprobs``: read verdicts from option probabilities after the rationale (None: yes for local
+    engines, no for endpoints, decided from ``judge_key``). ``batch_size``: requests per engine call;
+    an endpoint engine fans each call out under its own ``max_concurrency``.
+    """
+
+    max_new_tokens: int = 96
+    temperature: float = 0.0
+    batch_size: int = 16
+    use_logprobs: bool | None = None
+    rationale_chars: int = 600
+    seed: int = 0
+
+
+EngineSource = Engine | Callable[[], Engine]
+
+
+def is_local_key(judge_key: str) -> bool:
+    """Endpoint judges are keyed ``openai:…``; everything else runs in this process and can be scored."""
+    return not judge_key.startswith("openai:")
+
+
+class Judge:
+    """Runs rubric requests on one judge model, batched, cached and counted."""
+
+    def __init__(self, engine: EngineSource, judge_key: str, config: JudgeConfig | None = None,
+                 cache: EvalCache | None = None, stats: CallStats | None = None) -> None:
+        self._engine_source = engine
+        self._engine: Engine | None = engine if isinstance(engine, Engine) else None
+        self.judge_key = judge_key
+        self.config = config or JudgeConfig()
+        self.cache = cache
+        self.stats = stats or CallStats()
+        self.use_logprobs = self.config.use_logprobs if self.config.use_logprobs is not None else is_local_key(judge_key)
+
+    @property
+    def engine(self) -> Engine:
+        """Loaded on first use: a fully cached run never loads the judge model."""
+        if self._engine is None:
+            self._engine = self._engine_source()  # type: ignore[operator]
+        return self._engine
+
+    def _key(self, request: JudgeRequest) -> str:
+        c = self.config
+        return digest({"judge": self.judge_key, "rubric": request.rubric, "kind": request.kind,
+                       "messages": list(request.messages), "max_new_tokens": c.max_new_tokens,
+                       "temperature": c.temperature, "logprobs": self.use_logprobs, "seed": c.seed,
+                       "rationale_chars": c.rationale_chars})
+
+    def run(self, requests: Sequence[JudgeRequest], progress: Callable[[int], None] | None = None) -> list[Judgment]:
+        """One judgment per request, in order; cached ones are reused, the rest computed in batches."""
+        keys = [self._key(r) for r in requests]
+        cached = self.cache.get_many(keys) if self.cache is not None else {}
+        results: list[Judgment | None] = [None] * len(requests)
+        todo: list[int] = []
+        for i, key in enumerate(keys):
+            if key in cached:
+                results[i] = Judgment.from_record(cached[key], meta=requests[i].meta)
+                results[i].cached = True
+                self.stats.cache_hits += 1
+            else:
+                todo.append(i)
+        if progress and len(todo) < len(requests):
+            progress(len(requests) - len(todo))
+        for start in range(0, len(todo), self.config.batch_size):
+            chunk = todo[start : start + self.config.batch_size]
+            judged = self._judge_chunk([requests[i] for i in chunk])
+            for i, judgment in zip(chunk, judged):
+                results[i] = judgment
+            if self.cache is not None:
+                self.cache.put_many(
+                    (keys[i], "judgment", results[i].to_record(),  # type: ignore[union-attr]
+                     {"model": self.judge_key, "rubric": requests[i].rubric, **requests[i].meta})
+                    for i in chunk if results[i].error is None  # type: ignore[union-attr]
+                )
+            if progress:
+                progress(len(chunk))
+        return results  # type: ignore[return-value]
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _params(self) -> SamplingParams:
+        c = self.config
+        return SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, seed=c.seed)
+
+    def _generate(self, requests: Sequence[JudgeRequest]) -> list[str | EngineError]:
+        """Texts in order; a request the engine rejects (e.g. too long) becomes its error, alone."""
+        try:
+            self.stats.generate_calls += 1
+            out = self.engine.generate([list(r.messages) for r in requests], self._params())
+            self.stats.generated += len(out)
+            return [c[0].text for c in out]
+        except EngineError:
+            if len(requests) == 1:
+                raise
+        texts: list[str | EngineError] = []
+        for r in requests:
+            try:
+                texts.extend(self._generate([r]))
+            except EngineError as exc:
+                texts.append(exc)
+        return texts
+
+    def _judge_chunk(self, requests: Sequence[JudgeRequest]) -> list[Judgment]:
+        try:
+            texts = self._generate(requests)
+        except EngineError as exc:
+            texts = [exc]
+        judgments: list[Judgment] = []
+        for request, text in zip(requests, texts):
+            if isinstance(text, EngineError):
+                judgments.append(Judgment(request.rubric, request.kind, None, "", "none", judge=self.judge_key,
+                                          error=str(text), meta=dict(request.meta)))
+                continue
+            judgments.append(self._read(request, text))
+        if self.use_logprobs:
+            self._add_probabilities([(r, j) for r, j in zip(requests, judgments) if j.error is None])
+        return judgments
+
+    def _read(self, request: JudgeRequest, text: str) -> Judgment:
+        try:
+            parsed = parse_verdict(text, request.kind)
+            rationale, json_verdict, json_error = parsed.rationale, parsed.verdict, None
+        except VerdictParseError as exc:
+            rationale, json_verdict, json_error = _fallback_rationale(text), None, str(exc)
+        return Judgment(
+            rubric=request.rubric, kind=request.kind, verdict=json_verdict,
+            rationale=rationale[: self.config.rationale_chars], source="json" if json_error is None else "none",
+            json_verdict=json_verdict, json_error=json_error, raw=text, judge=self.judge_key, meta=dict(request.meta),
+        )
+
+    def _add_probabilities(self, pairs: Sequence[tuple[JudgeRequest, Judgment]]) -> None:
+        """Score every option after each judgment's rationale, in one batched ``Engine.score`` call."""
+        if not pairs:
+            return
+        conversations, continuations, spans = [], [], []
+        for request, judgment in pairs:
+            options = OPTIONS[request.kind]
+            prefix = verdict_prefix(judgment.rationale, request.kind)
+            spans.append((len(continuations), options))
+            for option in options:
+                conversations.append(list(request.messages))
+                continuations.append(prefix + option)
+        try:
+            self.stats.score_calls += 1
+            scored = self.engine.score(conversations, continuations)
+            self.stats.scored += len(scored)
+        except NotImplementedError:
+            self.use_logprobs = False  # an endpoint without scoring: JSON verdicts only
+            return
+        for (request, judgment), (start, options) in zip(pairs, spans):
+            probs = softmax([s.logprob for s in scored[start : start + len(options)]])
+            judgment.probabilities = dict(zip(options, probs))
+            best = options[max(range(len(options)), key=lambda k: probs[k])]
+            judgment.verdict = {"yesno": best == "yes", "pair": best, "rating": int(best) if best.isdigit() else best}[request.kind]
+            judgment.source = "logprobs"
+
+
+def verdict_prefix(rationale: str, kind: Kind) -> str:
+    """The judge's canonical reply up to the verdict value, e.g. ``{"rationale": "…", "verdict": "``."""
+    key = VERDICT_KEY[kind]
+    opener = '"' if kind in ("yesno", "pair") else ""
+    return '{"rationale": ' + json.dumps(rationale, ensure_ascii=False) + f', "{key}": ' + opener
+
+
+def _fallback_rationale(text: str) -> str:
+    """The judge's free text, used as its rationale when its JSON is unreadable (for the logprob reading)."""
+    match = re.search(r'"rationale"\s*:\s*"((?:[^"\\]|\\.)*)', text)
+    if match:
+        try:
+            return json.loads('"' + match.group(1) + '"').strip()
+        except json.JSONDecodeError:
+            pass
+    return " ".join(text.split()) or "(no rationale)"
+
+
+def softmax(logprobs: Sequence[float]) -> list[float]:
+    top = max(logprobs)
+    exps = [math.exp(lp - top) for lp in logprobs]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def verdict_counts(judgments: Iterable[Judgment]) -> dict[str, dict[str, int | float | None]]:
+    """Per rubric: judgments, unreadable JSON, unreadable verdicts, failed requests, and how often the JSON
+    verdict and the probability reading agree where both exist (a check on the judge's consistency)."""
+    table: dict[str, dict] = {}
+    for j in judgments:
+        row = table.setdefault(j.rubric, {"n": 0, "json_unparsed": 0, "no_verdict": 0, "failed": 0,
+                                          "both": 0, "agree": 0, "p_sum": 0.0, "p_n": 0})
+        row["n"] += 1
+        row["json_unparsed"] += j.json_error is not None
+        row["no_verdict"] += j.verdict is None
+        row["failed"] += j.error is not None
+        if j.json_verdict is not None and j.source == "logprobs":
+            row["both"] += 1
+            row["agree"] += j.json_verdict == j.verdict
+        if j.p_yes is not None:
+            row["p_sum"] += j.p_yes
+            row["p_n"] += 1
+    for row in table.values():
+        row["agreement"] = row["agree"] / row["both"] if row["both"] else None
+        row["mean_p_yes"] = row["p_sum"] / row["p_n"] if row["p_n"] else None
+        for k in ("agree", "p_sum", "p_n"):
+            row.pop(k)
+    return table
