@@ -34,6 +34,8 @@ _STANCES = {
     "enjoys": "prefers", "wants": "prefers", "values": "prefers", "positive": "prefers", "+": "prefers",
     "avoids": "avoids", "avoid": "avoids", "dislikes": "avoids", "dislike": "avoids", "hates": "avoids",
     "rejects": "avoids", "negative": "avoids", "-": "avoids", "doesn't like": "avoids", "does not like": "avoids",
+    "preferred": "prefers", "liked": "prefers", "loved": "prefers", "enjoyed": "prefers", "chose": "prefers",
+    "avoided": "avoids", "disliked": "avoids", "hated": "avoids", "rejected": "avoids",
 }
 _STANCE_WORDS = sorted((w for w in _STANCES if w.isalpha() or " " in w or "'" in w), key=len, reverse=True)
 _FREE_LINE = re.compile(r"^(?P<stance>" + "|".join(re.escape(w) for w in _STANCE_WORDS) + r")\b\s*[:\-–]?\s*(?P<rest>.+)$", re.I)

@@ -12,21 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from alignment.engines.spec import ModelSpec
+from memory.config import MemoryConfig
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 ROLES = ("policy", "preference", "prm", "judge", "teacher")
 Role = Literal["policy", "preference", "prm", "judge", "teacher"]
 
 
-class MemorySettings(BaseModel):
-    """Vector memory: embedded chromadb under data_dir unless a chroma server is configured."""
-
-    chroma_host: str | None = None
-    chroma_port: int = 8000
-    embedding_model: str | None = Field(None, description="local sentence-transformers dir; default: packaged all-MiniLM-L6-v2")
-    top_k: int = 8
-    relevance_cutoff: float = Field(0.25, description="minimum cosine similarity for a record to be retrieved")
-    token_budget: int = Field(512, description="max tokens of retrieved memory put into a prompt")
+#: the vector memory's own config (memory/config.py); the old name stays importable
+MemorySettings = MemoryConfig
 
 
 class ChatSettings(BaseModel):
@@ -70,7 +64,7 @@ class Settings(BaseSettings):
     judge: ModelSpec = ModelSpec()
     teacher: ModelSpec = ModelSpec()
 
-    memory: MemorySettings = MemorySettings()
+    memory: MemoryConfig = MemoryConfig()
     chat: ChatSettings = ChatSettings()
     serve: ServeSettings = ServeSettings()
 

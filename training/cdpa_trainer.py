@@ -244,7 +244,8 @@ class CDPATrainer(GRPOTrainer):
         self._rollout: _Rollout | None = None
         self.prm_totals: Counter = Counter()
         self.timings: dict[str, list[float]] = defaultdict(list)
-        self.last_loss_inputs: dict[str, Any] = {}
+        self.last_loss_inputs: dict[str, Any] = {}  # shapes and loss of the latest _compute_loss call
+        self.last_rollout: dict[str, Any] = {}  # the latest batch's scores, step map, mask and advantages
         super().__init__(*args, reward_funcs=[self.prm_reward], **kwargs)
 
     # The reward path: one batched PRM call; returns trl's scalar reward (for its logs).
@@ -308,6 +309,8 @@ class CDPATrainer(GRPOTrainer):
         adv = compute_advantages(self.method, g_scores, g_seg, g_mask, group, self.eps, self.outcome, g_steps)
         rows = slice(acc.process_index * b, (acc.process_index + 1) * b)
         adv = adv[rows, :t].contiguous()
+        self.last_rollout = {"step_scores": scores.cpu(), "segment_ids": seg.cpu(), "mask": mask.cpu(),
+                             "advantages": adv.detach().cpu(), "group_size": group}
         active = mask.bool()
         if active.any():
             self._metrics[mode]["cdpa/advantage_abs_mean"].append(adv[active].abs().mean().item())

@@ -107,7 +107,7 @@ class SFTStageConfig:
     Parameters that control the adapter: ``lora`` (else a full fine-tune), ``lora_r``, ``lora_alpha``,
     ``lora_dropout``, ``target_modules`` (SmolLM2/Qwen/Llama attention projections).
     Parameters that control optimization: ``learning_rate``, ``max_steps`` (-1: by epochs),
-    ``num_train_epochs``, ``batch_size``, ``gradient_accumulation_steps``, ``warmup_ratio``, ``seed``.
+    ``num_train_epochs``, ``batch_size``, ``gradient_accumulation_steps``, ``warmup_steps``, ``seed``.
     Parameters that control sequences and hardware: ``max_length`` (tokens, longer pairs are
     truncated), ``bf16`` (None: on when the GPU supports it), ``gradient_checkpointing``.
     """
@@ -122,7 +122,7 @@ class SFTStageConfig:
     num_train_epochs: float = 1.0
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.0
+    warmup_steps: float = 0.0  # an int: steps; a float in [0, 1): share of all steps
     seed: int = 0
     max_length: int = 1024
     bf16: bool | None = None
@@ -207,7 +207,7 @@ def run_sft(examples: Sequence[dict], start: TrainingStart, out_dir: Path, confi
             per_device_eval_batch_size=config.batch_size,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             learning_rate=config.learning_rate,
-            warmup_ratio=config.warmup_ratio,
+            warmup_steps=config.warmup_steps,
             seed=config.seed,
             max_length=config.max_length,
             completion_only_loss=True,

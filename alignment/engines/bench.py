@@ -1,0 +1,183 @@
+"""`cdra bench generate`: load time, peak memory and decode tokens/s of a role's engine, side by side
+with llama.cpp (llama-cpp-python, all cores) on the same packaged GGUF when it is installed.
+
+Decoding is greedy on fixed prompts that invite long answers; tokens/s counts only tokens actually
+produced (a row that stops early adds nothing), and includes the short prompt's prefill.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignment.engines.base import Engine, SamplingParams
+from alignment.engines.spec import ModelSpec
+
+PROMPTS = [
+    "Write a long story about a dragon who learns to cook.",
+    "Explain in detail how a bicycle works, part by part.",
+    "Describe a week-long trip through Italy, day by day.",
+    "Write a detailed guide to starting a vegetable garden.",
+    "Tell the history of the printing press at length.",
+    "Explain how to train for a first marathon, week by week.",
+    "Write a long letter from a sailor to his family.",
+    "Describe everything that happens in a busy kitchen at dinner time.",
+]
+
+
+@dataclass
+class Row:
+    measure: str
+    ours: str
+    reference: str = ""
+    ratio: str = ""
+
+
+@dataclass
+class BenchReport:
+    engine: str
+    reference: str
+    rows: list[Row] = field(default_factory=list)
+    #: raw numbers, for scripts and tests
+    numbers: dict[str, float] = field(default_factory=dict)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if os.uname().sysname != "Darwin" else peak / 2**20
+
+
+def _median_rate(run: Callable[[], int], repeats: int) -> tuple[float, int]:
+    """Median tokens/s over ``repeats`` runs of ``run`` (which returns the tokens it produced)."""
+    rates, tokens = [], 0
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        tokens = run()
+        rates.append(tokens / max(time.perf_counter() - start, 1e-9))
+    return statistics.median(rates), tokens
+
+
+def _conversation(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
+
+
+def bench_generate(
+    spec: ModelSpec,
+    models_dir: Path,
+    version: str | None = None,
+    new_tokens: int = 64,
+    repeats: int = 3,
+    batch_sizes: tuple[int, ...] = (1, 8),
+    llamacpp: bool = True,
+    cold: bool = False,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> BenchReport:
+    """Measure one engine (``spec`` resolved, never ``auto``) and, if available, llama.cpp beside it."""
+    import torch  # noqa: F401  (imported before timing, so the load time is the model's alone)
+    import transformers  # noqa: F401
+
+    from alignment.engines.default_model import _CACHE_SUBDIR, ensure_default_model, packaged_gguf_path
+    from alignment.engines.factory import build_engine
+
+    report = BenchReport(engine="", reference="")
+    models_dir = Path(models_dir)
+    is_default = spec.backend in ("default", "auto")
+    if is_default and (cold or not (models_dir / _CACHE_SUBDIR / "model.safetensors").is_file()):
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) if cold else models_dir
+            progress(f"cold conversion of the packaged GGUF into {target} ...")
+            start = time.perf_counter()
+            ensure_default_model(target)
+            seconds = time.perf_counter() - start
+        report.rows.append(Row("cold start: GGUF -> safetensors conversion (once)", f"{seconds:.1f} s"))
+        report.numbers["cold_conversion_s"] = seconds
+        ensure_default_model(models_dir)
+
+    progress("loading the model ...")
+    start = time.perf_counter()
+    engine = build_engine(spec, models_dir, version=version, cache=False)
+    load_s = time.perf_counter() - start
+    report.engine = engine.description
+    report.numbers["load_s"] = load_s
+
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
+    engine.generate([_conversation(PROMPTS[0])], SamplingParams(max_new_tokens=4))  # warm-up
+    ours: dict[int, float] = {}
+    for batch in batch_sizes:
+        progress(f"decoding {new_tokens} tokens at batch {batch} x{repeats} ...")
+        convs = [_conversation(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
+        rate, produced = _median_rate(lambda: _produced(engine, convs, params), repeats)
+        ours[batch] = rate
+        report.numbers[f"tokens_per_s_batch{batch}"] = rate
+        report.numbers[f"tokens_batch{batch}"] = produced
+    ours_rss = peak_rss_mb()
+    report.numbers["peak_rss_mb"] = ours_rss
+    engine.close()
+
+    ref: dict[str, float] = {}
+    if llamacpp and importlib.util.find_spec("llama_cpp") is not None:
+        progress("llama.cpp on the packaged GGUF ...")
+        ref = _bench_llamacpp(packaged_gguf_path(), new_tokens, repeats)
+        report.reference = f"llama.cpp {ref.pop('version_str', '')} on {packaged_gguf_path().name}, " \
+                           f"{os.cpu_count()} threads"
+        report.numbers.update({f"llamacpp_{k}": v for k, v in ref.items()})
+    elif llamacpp:
+        report.reference = "llama.cpp not installed (pip install .[bench])"
+
+    def ratio(a: float, b: float | None) -> str:
+        return f"{a / b:.2f}x" if b else ""
+
+    report.rows.append(Row("load (cached model)", f"{load_s:.2f} s",
+                           f"{ref['load_s']:.2f} s" if "load_s" in ref else "",
+                           ratio(ref.get("load_s", 0.0), load_s) if "load_s" in ref else ""))
+    for batch in batch_sizes:
+        reference = ref.get("tokens_per_s") if batch == 1 else None
+        report.rows.append(Row(
+            f"decode tokens/s, batch {batch} ({int(report.numbers[f'tokens_batch{batch}'])} tokens)",
+            f"{ours[batch]:.1f}", f"{reference:.1f}" if reference else "", ratio(ours[batch], reference)))
+    report.rows.append(Row("peak RSS of the process", f"{ours_rss:.0f} MB",
+                           f"{ref['peak_rss_mb']:.0f} MB (cumulative)" if "peak_rss_mb" in ref else ""))
+    return report
+
+
+def _produced(engine: Engine, convs: list, params: SamplingParams) -> int:
+    return sum(c[0].completion_tokens for c in engine.generate(convs, params))
+
+
+def _bench_llamacpp(gguf: Path, new_tokens: int, repeats: int) -> dict[str, float]:
+    import llama_cpp
+
+    start = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, n_threads=os.cpu_count(),
+                          n_threads_batch=os.cpu_count(), verbose=False)
+    load_s = time.perf_counter() - start
+
+    def run() -> int:
+        out = llm.create_chat_completion(messages=_conversation(PROMPTS[0]), max_tokens=new_tokens,
+                                         temperature=0.0, top_k=1)
+        return int(out["usage"]["completion_tokens"])
+
+    run()  # warm-up
+    rate, produced = _median_rate(run, repeats)
+    llm.close()
+    return {"load_s": load_s, "tokens_per_s": rate, "tokens": produced, "peak_rss_mb": peak_rss_mb(),
+            "version_str": getattr(llama_cpp, "__version__", "")}  # type: ignore[dict-item]
+
+
+def report_table(report: BenchReport):
+    """The report as a rich table: ours, the reference, and ours / reference (higher is better)."""
+    from rich.table import Table
+
+    table = Table("measure", "ours", "llama.cpp", "ratio (ours/llama.cpp, load: theirs/ours)",
+                  title=f"cdra bench generate — {report.engine}", caption=report.reference or None)
+    for row in report.rows:
+        table.add_row(row.measure, row.ours, row.reference, row.ratio)
+    return table

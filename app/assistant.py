@@ -1,0 +1,573 @@
+"""The assistant's turn: retrieve the user's memory -> policy prompt -> streamed defensive reasoning and
+answer -> session log -> explicit preferences at once -> AlignXplore inference in the background.
+
+Every turn names its user; memory reads and writes go through that user's ``UserMemory`` only, so a
+message (even "show me bob's preferences") can reach no other user's data. Used by the Gradio UI,
+``cdra ask`` and ``cdra serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from alignment.engines import Engine, EngineError, ModelSpec, SamplingParams, build_engine
+from alignment.errors import CdraError
+from alignment.prompts import render
+from alignment.prompts.policy import POLICY_PROMPT, format_preferences
+from alignment.steps import parse_response
+from app.settings import Settings
+from memory.session_log import SessionLog, TurnRecord, default_log_path
+
+log = logging.getLogger(__name__)
+
+
+class MessageError(CdraError):
+    """A message the assistant will not send to the model (empty, too long, binary); nothing is logged."""
+
+
+class BusyError(CdraError):
+    """A second message for a session whose previous answer is still being written (a double submit)."""
+
+
+# -- input checks -------------------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def clean_message(text: object, max_chars: int) -> str:
+    """The message as the model will see it, or a MessageError saying what to fix.
+
+    Control and bidi-override characters are removed (they only hide or garble text); text that is
+    mostly unprintable is refused as binary; the length limit is ``chat.max_message_chars``.
+    """
+    if not isinstance(text, str):
+        raise MessageError("the message must be text")
+    if "\x00" in text or text.count("\ufffd") > max(3, len(text) // 20):
+        unprintable = sum(1 for c in text if c == "\ufffd" or (unicodedata.category(c) == "Cc" and c not in "\n\t\r"))
+        if unprintable > max(3, len(text) // 10):
+            raise MessageError("the message looks like binary data, not text: paste text instead")
+    cleaned = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    if not cleaned:
+        raise MessageError("the message is empty: write something first")
+    if len(cleaned) > max_chars:
+        raise MessageError(f"the message has {len(cleaned):,} characters; the limit is {max_chars:,} "
+                           "(chat.max_message_chars): shorten it or send it in parts")
+    return cleaned
+
+
+# -- results ------------------------------------------------------------------------------------------
+
+@dataclass
+class RetrievedPreference:
+    """A preference that went into the prompt, shown beside the answer."""
+
+    id: str
+    text: str
+    score: float
+    confidence: float
+    origin: str
+
+
+@dataclass
+class TurnResult:
+    answer: str
+    steps: list[str]
+    retrieved: list[RetrievedPreference]
+    turn_id: str
+    version: str
+    session_id: str = ""
+    raw: str = ""
+    status: Literal["ok", "error", "cancelled"] = "ok"
+    error: str | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    finish: str = "stop"  # "stop" or "length" (cut at max_new_tokens)
+    explicit_added: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TurnEvent:
+    """What ``stream_turn`` yields: ``retrieved`` first, then ``delta`` per decoded piece, then ``done``/``error``."""
+
+    kind: Literal["retrieved", "delta", "done", "error"]
+    text: str = ""  # the model's raw text so far
+    delta: str = ""
+    retrieved: list[RetrievedPreference] = field(default_factory=list)
+    result: TurnResult | None = None
+    error: str | None = None
+
+
+@dataclass
+class AssistantConfig:
+    """Knobs of the turn pipeline that are not user settings.
+
+    Prompt: ``history_turns`` past exchanges of the session go into the prompt (oldest dropped first
+    when the context is full). Background inference (AlignXplore): runs after the chat has been idle
+    for ``infer_idle_s`` (it shares the model with the chat), at most ``infer_max_signals`` new
+    signals per call, ``infer_max_new_tokens`` and ``infer_retries`` per call.
+    """
+
+    history_turns: int = 6
+    background_inference: bool = True
+    infer_idle_s: float = 1.5
+    infer_max_signals: int = 8
+    infer_max_new_tokens: int = 192
+    infer_retries: int = 0
+
+
+# -- wiring: memory, log, engines -------------------------------------------------------------------------
+
+def open_log(settings: Settings) -> SessionLog:
+    return SessionLog(default_log_path(settings.logs_dir))
+
+
+def open_memory(settings: Settings):
+    """The vector memory under ``settings.chroma_dir`` (or the configured chroma server)."""
+    from memory.config import MemoryConfig
+    from memory.vector_store import VectorMemory
+
+    return VectorMemory(MemoryConfig.model_validate(settings.memory.model_dump()), settings.chroma_dir)
+
+
+def user_preference_texts(settings: Settings, user_id: str, memory=None) -> list[str]:
+    memory = memory or open_memory(settings)
+    return [s.text for s in memory.for_user(user_id).list_preferences()]
+
+
+def forget_user(settings: Settings, user_id: str, memory=None, session_log: SessionLog | None = None) -> int:
+    """Forget everything about a user: their memory, their ALOE sessions' memories, their session log."""
+    from app.aloe import memory_scope
+
+    memory = memory or open_memory(settings)
+    session_log = session_log or open_log(settings)
+    for session in session_log.sessions(user_id=user_id, mode="aloe"):
+        memory.for_user(memory_scope(user_id, session["session_id"])).forget()
+    memory.for_user(user_id).forget()
+    return session_log.forget_user(user_id)
+
+
+def policy_versions(settings: Settings) -> list[str]:
+    """Versions an evaluator can pick: ``serving`` (what the app serves now), ``default``, registered ones."""
+    from training.registry import ModelRegistry
+
+    return ["serving", "default", *[m.version for m in ModelRegistry(settings.registry_dir).versions("policy")]]
+
+
+def policy_engine(settings: Settings, version: str | None = None) -> Engine:
+    """The policy that answers: the serving one, the packaged default, or a registered version."""
+    from app.models import engine_for
+
+    if version in (None, "", "serving"):
+        return engine_for(settings, "policy")
+    if version == "default":
+        return build_engine(ModelSpec(backend="default"), settings.models_dir)
+    from training.registry import ModelRegistry
+
+    try:
+        model = ModelRegistry(settings.registry_dir).get("policy", version)
+    except KeyError:
+        raise CdraError(f"no policy version {version!r} in the registry: `cdra models` lists them") from None
+    if model.weights_dir is not None:
+        spec = ModelSpec(backend="transformers", path=str(model.weights_dir))
+    elif model.base == "default":
+        spec = ModelSpec(backend="default", adapter=str(model.adapter_dir) if model.adapter_dir else None)
+    else:
+        spec = ModelSpec(backend="transformers", path=model.base,
+                         adapter=str(model.adapter_dir) if model.adapter_dir else None)
+    return build_engine(spec, settings.models_dir, version=model.version)
+
+
+# -- background preference inference -------------------------------------------------------------------
+
+class _ChatGate:
+    """Counts chat turns in flight so background inference waits for a quiet moment."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._last = 0.0
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        with self._cond:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._last = time.monotonic()
+                self._cond.notify_all()
+
+    def wait_idle(self, idle_s: float, stop: threading.Event) -> None:
+        with self._cond:
+            while not stop.is_set():
+                quiet = time.monotonic() - self._last
+                if self._active == 0 and quiet >= idle_s:
+                    return
+                self._cond.wait(timeout=max(0.05, idle_s - quiet) if self._active == 0 else 0.5)
+
+
+class InferenceWorker:
+    """One daemon thread that folds new behavioral signals into a user's description (AlignXplore streaming).
+
+    Signals queue per memory scope; each run takes only the pending ones plus the stored statements as
+    d_prev, so its cost grows with the new signals, not the history. Failures are logged, never raised.
+    """
+
+    def __init__(self, memory, make_inferrer, gate: _ChatGate, config: AssistantConfig) -> None:
+        self.memory = memory
+        self._make_inferrer = make_inferrer
+        self._inferrer = None
+        self.gate = gate
+        self.config = config
+        self._pending: dict[str, list[Any]] = {}
+        self._generation: dict[str, int] = {}  # bumped by cancel(): results of older runs are discarded
+        self._lock = threading.Lock()
+        self._wake = queue.Queue()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self.runs = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="preference-inference", daemon=True)
+        self._thread.start()
+
+    def submit(self, scope: str, signal: Any) -> None:
+        with self._lock:
+            self._pending.setdefault(scope, []).append(signal)
+            self._idle.clear()
+        self._wake.put(scope)
+
+    def cancel(self, scope: str) -> None:
+        """Drop a scope's pending signals (the user asked to forget everything)."""
+        with self._lock:
+            self._pending.pop(scope, None)
+            self._generation[scope] = self._generation.get(scope, 0) + 1
+
+    def cancel_user(self, user_id: str) -> None:
+        """Cancel the user's own scope and their ALOE scopes (``user__aloe__…``; ``__`` is not in names)."""
+        with self._lock:
+            scopes = {s for s in [*self._pending, *self._generation] if s == user_id or s.startswith(user_id + "__")}
+        for scope in scopes | {user_id}:
+            self.cancel(scope)
+
+    def drain(self, timeout: float = 120.0) -> bool:
+        """Wait until every submitted signal is processed (tests, benchmarks, shutdown)."""
+        return self._idle.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.put(None)
+
+    def _take(self) -> tuple[str, list[Any]] | None:
+        with self._lock:
+            for scope, signals in self._pending.items():
+                if signals:
+                    batch = signals[: self.config.infer_max_signals]
+                    rest = signals[len(batch):]
+                    if rest:
+                        self._pending[scope] = rest
+                    else:
+                        del self._pending[scope]
+                    return scope, batch
+            self._idle.set()
+            return None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._wake.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            while not self._stop.is_set():
+                self.gate.wait_idle(self.config.infer_idle_s, self._stop)
+                job = self._take()
+                if job is None:
+                    break
+                self._run(*job)
+
+    def _run(self, scope: str, signals: list[Any]) -> None:
+        from alignment.preferences import PreferenceDescription
+
+        with self._lock:
+            generation = self._generation.get(scope, 0)
+        try:
+            if self._inferrer is None:
+                self._inferrer = self._make_inferrer()
+            user_memory = self.memory.for_user(scope)
+            previous = PreferenceDescription(statements=user_memory.list_preferences())
+            result = self._inferrer.infer(signals, previous, suppressed=user_memory.suppressed())
+            self.runs += 1
+            user_memory.record_inference({"signals": len(signals), "new_statements": len(result.new_statements),
+                                          "r_format": result.r_format, "failed": result.failed,
+                                          "wall_s": round(result.wall_s, 2), "error": result.error or ""},
+                                         raw=result.raw)
+            if result.failed:
+                self.failures += 1
+                self.last_error = result.error
+                log.warning("preference inference for %s found nothing usable: %s", scope, result.error)
+                return
+            with self._lock:
+                if self._generation.get(scope, 0) == generation and result.new_statements:
+                    user_memory.add_preferences(result.new_statements)
+        except Exception as exc:  # a background failure must never reach the chat
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("preference inference for %s failed", scope)
+
+
+# -- the assistant --------------------------------------------------------------------------------------
+
+class Assistant:
+    """One per process: shares the loaded engines, the vector memory and the session log across users."""
+
+    def __init__(self, settings: Settings, config: AssistantConfig | None = None, memory=None,
+                 session_log: SessionLog | None = None, policy: Engine | None = None) -> None:
+        """``policy`` pins the answering engine (default: resolved per turn, so a promotion takes effect)."""
+        self.settings = settings
+        self.policy = policy
+        self.config = config or AssistantConfig()
+        self.memory = memory if memory is not None else open_memory(settings)
+        self.log = session_log or open_log(settings)
+        self._gate = _ChatGate()
+        self._inflight: set[tuple[str, str]] = set()
+        self._inflight_lock = threading.Lock()
+        self.worker = (InferenceWorker(self.memory, self._make_inferrer, self._gate, self.config)
+                       if self.config.background_inference else None)
+
+    def _make_inferrer(self):
+        from alignment.preference_inference import InferenceConfig, PreferenceInferrer
+        from app.models import engine_for
+
+        cfg = InferenceConfig(max_new_tokens=self.config.infer_max_new_tokens, max_retries=self.config.infer_retries,
+                              max_signals_per_call=self.config.infer_max_signals)
+        return PreferenceInferrer(engine_for(self.settings, "preference"), cfg)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+
+    def policy_engine(self, version: str | None = None) -> Engine:
+        """The engine that answers a turn: the pinned one, else the serving (or requested) version."""
+        if self.policy is not None and version is None:
+            return self.policy
+        return policy_engine(self.settings, version)
+
+    # -- pieces of a turn -----------------------------------------------------------------------------
+    def retrieve(self, memory_user: str, query: str) -> tuple[list[RetrievedPreference], list[str]]:
+        """The user's relevant preferences (for display) and the memory lines for the prompt."""
+        mem = self.settings.memory
+        retrieval = self.memory.for_user(memory_user).retrieve(query, top_k=mem.top_k, token_budget=mem.token_budget)
+        shown = [RetrievedPreference(s.id, s.text, round(float(score), 3), s.confidence, s.origin)
+                 for s, score in retrieval.preferences]
+        return shown, list(retrieval.as_prompt_lines())
+
+    def build_prompt(self, engine: Engine, memory_lines: Sequence[str], history: Sequence[dict[str, str]],
+                     query: str, max_new_tokens: int) -> list[dict[str, str]]:
+        """POLICY_PROMPT with memory and the last turns; the oldest turns go first when the context is full."""
+        turns = [m for m in history if m.get("role") in ("user", "assistant") and str(m.get("content", "")).strip()]
+        turns = turns[-2 * self.config.history_turns:] if self.config.history_turns > 0 else []
+        while True:
+            messages = [("human" if m["role"] == "user" else "ai", str(m["content"])) for m in turns]
+            conversation = render(POLICY_PROMPT, preferences=format_preferences(list(memory_lines)),
+                                  history=messages, query=query)
+            window = engine.context_window
+            if window is None or not turns or engine.count_tokens(conversation) + max_new_tokens <= window:
+                return conversation
+            turns = turns[2:]
+
+    @contextmanager
+    def _session_slot(self, user_id: str, session_id: str) -> Iterator[None]:
+        key = (user_id, session_id)
+        with self._inflight_lock:
+            if key in self._inflight:
+                raise BusyError("the previous answer is still being written: wait for it (or stop it) first")
+            self._inflight.add(key)
+        try:
+            yield
+        finally:
+            with self._inflight_lock:
+                self._inflight.discard(key)
+
+    def stream_turn(self, user_id: str, session_id: str, message: str, history: Sequence[dict[str, str]] = (),
+                    *, mode: str = "chat", policy_version: str | None = None, memory_user: str | None = None,
+                    persona: dict | None = None, meta: dict | None = None) -> Iterator[TurnEvent]:
+        """Answer one message, yielding events as the answer is written; the turn is logged exactly once.
+
+        Bad input raises MessageError before anything is logged; a model failure ends with an ``error``
+        event (the partial answer is logged with status ``error``); a consumer that stops reading
+        (a closed tab) leaves a ``cancelled`` record.
+        """
+        chat = self.settings.chat
+        query = clean_message(message, chat.max_message_chars)
+        scope = memory_user or user_id
+        with self._session_slot(user_id, session_id), self._gate.turn():
+            timings: dict[str, float] = {}
+            started = time.perf_counter()
+            retrieved, lines = self.retrieve(scope, query)
+            timings["retrieval"] = _ms(started)
+            yield TurnEvent("retrieved", retrieved=retrieved)
+            t = time.perf_counter()
+            engine = self.policy_engine(policy_version)
+            params = SamplingParams(max_new_tokens=chat.max_new_tokens, temperature=chat.temperature, top_p=chat.top_p)
+            history = list(history)
+            conversation = self.build_prompt(engine, lines, history, query, params.max_new_tokens)
+            timings["prompt"] = _ms(t)
+            turn_id = uuid.uuid4().hex
+            raw, status, error = "", "ok", None
+            t = time.perf_counter()
+            n_pieces = 0
+            pieces = engine.stream(conversation, params)
+            try:
+                for delta in pieces:
+                    if not n_pieces:
+                        timings["first_token"] = _ms(started)
+                    n_pieces += 1
+                    raw += delta
+                    yield TurnEvent("delta", text=raw, delta=delta)
+            except GeneratorExit:
+                status, error = "cancelled", "the reader left before the answer was finished"
+                timings["generation"] = _ms(t)
+                self._finish(user_id, session_id, turn_id, scope, mode, query, history, retrieved, raw, engine,
+                             timings, status, error, persona, meta, n_pieces, params)
+                raise
+            except (EngineError, CdraError) as exc:
+                status, error = "error", f"the model failed while answering: {exc}"
+            except Exception as exc:  # the model crashed in an unforeseen way: the user still gets a message
+                log.exception("policy generation failed")
+                status, error = "error", f"the model failed while answering ({type(exc).__name__}: {exc})"
+            finally:
+                pieces.close()
+            timings["generation"] = _ms(t)
+            result = self._finish(user_id, session_id, turn_id, scope, mode, query, history, retrieved, raw, engine,
+                                  timings, status, error, persona, meta, n_pieces, params)
+        yield TurnEvent("done" if status == "ok" else "error", text=raw, result=result, error=error)
+
+    def _finish(self, user_id, session_id, turn_id, scope, mode, query, history, retrieved, raw, engine, timings,
+                status, error, persona, meta, n_pieces, params) -> TurnResult:
+        """Log the turn, store it in conversation memory, extract explicit preferences, queue inference."""
+        parsed = parse_response(raw)
+        segments = parsed.segments
+        has_answer = any(s.is_answer for s in segments)
+        steps = [s.text for s in segments if not s.is_answer]
+        answer = parsed.answer if has_answer else ""
+        finish = "length" if n_pieces and _tokens(engine, raw) >= params.max_new_tokens else "stop"
+        t = time.perf_counter()
+        record = TurnRecord(
+            user_id=user_id, session_id=session_id, mode=mode, query=query, answer=answer, history=history,
+            retrieved_preferences=[r.text for r in retrieved], reasoning_steps=steps, raw=raw,
+            model_versions={"policy": engine.version}, latency_ms=timings, status=status, error=error,
+            persona=persona, meta={**(meta or {}), "finish": finish, "memory_scope": scope}, turn_id=turn_id,
+        )
+        try:
+            self.log.log_turn(record)
+        except Exception:
+            log.exception("could not log turn %s", turn_id)
+            raise
+        timings["logging"] = _ms(t)
+        added: list[str] = []
+        if status != "cancelled":
+            added = self._remember(scope, session_id, turn_id, query, answer, status)
+        return TurnResult(answer=answer, steps=steps, retrieved=retrieved, turn_id=turn_id, version=engine.version,
+                          session_id=session_id, raw=raw, status=status, error=error, latency_ms=timings,
+                          finish=finish, explicit_added=added)
+
+    def _remember(self, scope: str, session_id: str, turn_id: str, query: str, answer: str, status: str) -> list[str]:
+        """Explicit preferences now (the user's own words), conversation memory and inference for good turns."""
+        from alignment.explicit_extraction import extract_explicit
+
+        user_memory = self.memory.for_user(scope)
+        added: list[str] = []
+        try:
+            found = extract_explicit(query, turn_id)
+            if found:
+                user_memory.add_preferences(found)
+                added = [s.text for s in found]
+            if status == "ok":
+                user_memory.add_turn(session_id, turn_id, query, answer)
+        except Exception:
+            log.exception("could not store turn %s in memory", turn_id)
+        if status == "ok" and self.worker is not None:
+            self.worker.submit(scope, _turn_signal(turn_id, query, answer))
+        return added
+
+    # -- whole answers and feedback -----------------------------------------------------------------------
+    def answer(self, user_id: str, message: str, history: Sequence[dict[str, str]] = (), mode: str = "ask",
+               session_id: str | None = None, policy_version: str | None = None) -> TurnResult:
+        """One complete turn (``cdra ask``, ``cdra serve``); a model failure raises after it is logged."""
+        session_id = session_id or self.log.start_session(user_id, mode, {})
+        result: TurnResult | None = None
+        for event in self.stream_turn(user_id, session_id, message, history, mode=mode, policy_version=policy_version):
+            if event.kind in ("done", "error"):
+                result = event.result
+        assert result is not None
+        if result.status != "ok":
+            raise EngineError(result.error or "the model failed")
+        return result
+
+    def feedback(self, user_id: str, turn_id: str, feedback: str | None = None, correction: str | None = None,
+                 clear: bool = False) -> list[str]:
+        """Thumbs and "I'd rather…" go to the log (training signal) and to inference (behavioral signal).
+
+        ``feedback`` is "up"/"down" (``clear=True`` withdraws an earlier one). A correction is also the
+        user's own words, so explicit preferences in it are stored at once; their texts are returned.
+        """
+        turn = self.log.turn(user_id, turn_id)
+        if turn is None:
+            raise CdraError("no such turn for you")
+        correction = (correction or "").strip() or None
+        if feedback is not None or clear:
+            self.log.set_feedback(user_id, turn_id, feedback)
+        if correction:
+            self.log.set_correction(user_id, turn_id, correction)
+        scope = turn["meta"].get("memory_scope") or user_id  # the turn is this user's, so is its scope
+        added: list[str] = []
+        if correction:
+            from alignment.explicit_extraction import extract_explicit
+
+            found = extract_explicit(correction, turn_id)
+            if found:
+                self.memory.for_user(scope).add_preferences(found)
+                added = [s.text for s in found]
+        if self.worker is not None and (feedback or correction):
+            self.worker.submit(scope, _turn_signal(turn_id, turn["query"], turn["answer"], feedback, correction))
+        return added
+
+    def forget(self, user_id: str) -> int:
+        """Forget a user entirely (memory, ALOE memories, session log), dropping queued inference first."""
+        if self.worker is not None:
+            self.worker.cancel_user(user_id)
+        return forget_user(self.settings, user_id, memory=self.memory, session_log=self.log)
+
+
+def _turn_signal(turn_id: str, user: str, assistant: str, feedback: str | None = None, correction: str | None = None):
+    from alignment.signals import TurnSignal
+
+    return TurnSignal(kind="turn", id=f"{turn_id}-{feedback or 'turn'}", user=user, assistant=assistant,
+                      feedback=feedback, correction=(correction or None))
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000.0, 1)
+
+
+def _tokens(engine: Engine, text: str) -> int:
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is None:
+        return len(text) // 4
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex

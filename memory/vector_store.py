@@ -1,0 +1,569 @@
+"""Per-user vector memory on chromadb: preference statements, past turns, the user's deletions and the
+inference log, each user in a collection of their own.
+
+Isolation is structural: ``VectorMemory.for_user(uid)`` returns a ``UserMemory`` bound to one collection
+whose name is a SHA-256 of the user id (no crafted id can reach another user's collection), and every
+read and write also filters on ``user_id`` metadata (defense in depth). Embeddings are computed here and
+passed to chroma explicitly (no chroma embedding function, which would download a model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from alignment.errors import CdraError, FormatError
+from alignment.preferences import (
+    PreferenceStatement,
+    is_suppressed,
+    now_iso,
+    reinforce,
+    replace,
+    same_subject,
+    wins,
+)
+from memory.config import MemoryConfig
+from memory.embeddings import Embedder, get_embedder
+
+EXPORT_FORMAT = "cdra-memory"
+EXPORT_VERSION = 1
+_T = TypeVar("_T")
+
+
+class MemoryUnavailableError(CdraError, RuntimeError):
+    """chromadb cannot be opened or reached; the message says where and how to fix it."""
+
+
+class ForgetIncompleteError(CdraError, RuntimeError):
+    """forget() could not prove the user's data is gone from disk."""
+
+
+def collection_name(user_id: str) -> str:
+    """The user's collection: ``u-`` + SHA-256 of the id, so names never collide or carry the raw id."""
+    return "u-" + hashlib.sha256(user_id.encode("utf-8")).hexdigest()
+
+
+def check_user_id(user_id: object) -> str:
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise CdraError("a user id must be a non-empty string")
+    if len(user_id) > 256 or any(ord(c) < 32 for c in user_id):
+        raise CdraError("a user id must be at most 256 printable characters")
+    return user_id
+
+
+@dataclass
+class Retrieval:
+    """What memory offers for one query: statements and past turns with their cosine similarity."""
+
+    preferences: list[tuple[PreferenceStatement, float]] = field(default_factory=list)
+    turns: list[tuple[dict, float]] = field(default_factory=list)
+    tokens: int = 0
+
+    def preference_texts(self) -> list[str]:
+        return [s.text for s, _ in self.preferences]
+
+    def as_prompt_lines(self) -> list[str]:
+        """Lines for the policy prompt: statements first (marked stated or inferred), then past turns."""
+        return [_preference_line(s) for s, _ in self.preferences] + [_turn_line(t) for t, _ in self.turns]
+
+
+def _preference_line(statement: PreferenceStatement) -> str:
+    how = "stated by the user" if statement.explicit else f"inferred, confidence {statement.confidence:.1f}"
+    return f"{statement.text} ({how})"
+
+
+def _turn_line(turn: dict, max_chars: int = 300) -> str:
+    def cut(text: str) -> str:
+        text = " ".join(str(text).split())
+        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+    return f"Earlier conversation: user said \"{cut(turn.get('user', ''))}\"; you replied \"{cut(turn.get('assistant', ''))}\""
+
+
+def _wrap(what: str, fn: Callable[[], _T]) -> _T:
+    """Run a chroma call; anything it raises becomes a one-line CdraError naming the operation."""
+    try:
+        return fn()
+    except CdraError:
+        raise
+    except Exception as exc:  # chromadb raises many types (connection, sqlite, rust bindings)
+        raise MemoryUnavailableError(f"vector memory: {what} failed: {exc}") from exc
+
+
+class VectorMemory:
+    """The store for all users. Embedded chromadb under ``persist_dir`` unless ``config.chroma_host`` is set."""
+
+    def __init__(self, config: MemoryConfig, persist_dir: Path, embedder: Embedder | None = None) -> None:
+        self.config = config
+        self.persist_dir = Path(persist_dir)
+        self._embedder = embedder
+        self.client = self._connect()
+
+    @property
+    def embedded(self) -> bool:
+        return not self.config.chroma_host
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            cfg = self.config
+            self._embedder = get_embedder(cfg.embedding_model, cfg.embedding_device, cfg.embedding_batch_size)
+        return self._embedder
+
+    def _connect(self):
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        settings = ChromaSettings(anonymized_telemetry=False)
+        cfg = self.config
+        if cfg.chroma_host:
+            where = f"{'https' if cfg.chroma_ssl else 'http'}://{cfg.chroma_host}:{cfg.chroma_port}"
+            try:
+                client = chromadb.HttpClient(host=cfg.chroma_host, port=cfg.chroma_port, ssl=cfg.chroma_ssl,
+                                             settings=settings)
+                client.heartbeat()
+            except Exception as exc:
+                raise MemoryUnavailableError(
+                    f"cannot reach the chroma server at {where} ({exc}): start it, or unset memory.chroma_host "
+                    "to use the embedded store") from exc
+            return client
+        try:
+            self.persist_dir.mkdir(parents=True, exist_ok=True)
+            return chromadb.PersistentClient(path=str(self.persist_dir), settings=settings)
+        except Exception as exc:
+            raise MemoryUnavailableError(f"cannot open the vector memory at {self.persist_dir}: {exc}") from exc
+
+    def for_user(self, user_id: str) -> "UserMemory":
+        """The memory of one user; nothing reachable from it belongs to anyone else."""
+        return UserMemory(self, check_user_id(user_id))
+
+    def users(self) -> list[str]:
+        """User ids that have a memory (read from each collection's metadata)."""
+        names = _wrap("listing collections", lambda: self.client.list_collections())
+        out = []
+        for entry in names:
+            name = entry if isinstance(entry, str) else entry.name
+            if not name.startswith("u-"):
+                continue
+            col = _wrap("opening a collection", lambda n=name: self.client.get_collection(n, embedding_function=None))
+            uid = (col.metadata or {}).get("user_id")
+            if uid and collection_name(uid) == name:
+                out.append(uid)
+        return sorted(out)
+
+
+class UserMemory:
+    """One user's memory. Every method reads or writes only that user's collection, filtered by user id."""
+
+    def __init__(self, store: VectorMemory, user_id: str) -> None:
+        self.store = store
+        self.user_id = user_id
+        self.name = collection_name(user_id)
+        self.config = store.config
+        self._collection = None
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    def _get(self, create: bool):
+        if self._collection is not None:
+            return self._collection
+        client = self.store.client
+        if create:
+            self._collection = _wrap("opening the user's collection", lambda: client.get_or_create_collection(
+                self.name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}},
+                metadata={"user_id": self.user_id, "kind": "cdra-user-memory"}))
+            return self._collection
+        try:
+            self._collection = client.get_collection(self.name, embedding_function=None)
+        except Exception:
+            return None
+        return self._collection
+
+    def _where(self, kind: str, extra: dict | None = None) -> dict:
+        clauses: list[dict] = [{"user_id": self.user_id}, {"type": kind}]
+        if extra:
+            clauses.append(extra)
+        return {"$and": clauses}
+
+    def _base_meta(self, kind: str) -> dict[str, Any]:
+        return {"user_id": self.user_id, "type": kind}
+
+    def _upsert(self, ids: list[str], vectors: np.ndarray, documents: list[str], metadatas: list[dict]) -> None:
+        if not ids:
+            return
+        col = self._get(create=True)
+        batch = max(1, _wrap("reading the batch size", lambda: self.store.client.get_max_batch_size()))
+        for start in range(0, len(ids), batch):
+            stop = start + batch
+            _wrap("writing records", lambda s=start, e=stop: col.upsert(
+                ids=ids[s:e], embeddings=vectors[s:e], documents=documents[s:e], metadatas=metadatas[s:e]))
+
+    def _records(self, kind: str, include_embeddings: bool = False, extra: dict | None = None) -> dict:
+        col = self._get(create=False)
+        if col is None:
+            return {"ids": [], "documents": [], "metadatas": [], "embeddings": []}
+        include = ["documents", "metadatas"] + (["embeddings"] if include_embeddings else [])
+        return _wrap("reading records", lambda: col.get(where=self._where(kind, extra), include=include))
+
+    def count(self) -> int:
+        col = self._get(create=False)
+        return 0 if col is None else int(_wrap("counting", col.count))
+
+    # -- preferences -----------------------------------------------------------------------------------
+    @staticmethod
+    def _to_meta(statement: PreferenceStatement) -> dict[str, Any]:
+        return {"stance": statement.stance, "dimension": statement.dimension, "subject": statement.subject,
+                "evidence": json.dumps(statement.evidence), "confidence": float(statement.confidence),
+                "origin": statement.origin, "created": statement.created, "updated": statement.updated,
+                "version": int(statement.version)}
+
+    @staticmethod
+    def _from_record(record_id: str, document: str, meta: dict) -> PreferenceStatement:
+        return PreferenceStatement(id=record_id, text=document, stance=meta["stance"], dimension=meta["dimension"],
+                                   subject=meta.get("subject", ""), evidence=json.loads(meta.get("evidence", "[]")),
+                                   confidence=meta["confidence"], origin=meta["origin"], created=meta["created"],
+                                   updated=meta["updated"], version=meta["version"])
+
+    def _statements_with_vectors(self) -> tuple[list[PreferenceStatement], np.ndarray]:
+        rec = self._records("preference", include_embeddings=True)
+        statements = [self._from_record(i, d, m) for i, d, m in zip(rec["ids"], rec["documents"], rec["metadatas"])]
+        vectors = np.asarray(rec["embeddings"] if len(rec["ids"]) else np.zeros((0, 1)), dtype=np.float32)
+        return statements, vectors
+
+    def list_preferences(self) -> list[PreferenceStatement]:
+        """All active statements, oldest first."""
+        statements, _ = self._statements_with_vectors()
+        return sorted(statements, key=lambda s: (s.created, s.id))
+
+    def get_preference(self, statement_id: str) -> PreferenceStatement:
+        for statement in self.list_preferences():
+            if statement.id == statement_id:
+                return statement
+        raise CdraError(f"user {self.user_id!r} has no preference with id {statement_id!r} (see `cdra prefs show`)")
+
+    def add_preferences(self, statements: Sequence[PreferenceStatement]) -> list[str]:
+        """Store statements, merging with what is there; returns the ids stored (new or updated).
+
+        The same statement found again is reinforced (evidence joined, version + 1); a conflicting one
+        replaces the stored one only if it wins (alignment.preferences.wins); inferred statements the user
+        deleted or edited away are skipped. An explicit restatement by the user lifts such a suppression.
+        """
+        if not statements:
+            return []
+        existing, vectors = self._statements_with_vectors()
+        suppressed = self.suppressed()
+        new_vectors = self.store.embedder.embed([s.text for s in statements])
+        when = now_iso()
+        changed: dict[str, PreferenceStatement] = {}
+        lifted: list[str] = []
+        for statement, vector in zip(statements, new_vectors):
+            if statement.origin == "inferred" and is_suppressed(statement, suppressed):
+                continue
+            if statement.origin != "inferred":
+                lifted += [t for t in suppressed if is_suppressed(statement, [t])]
+            match = self._match(statement, vector, existing, vectors)
+            if match is None:
+                stored = statement
+                existing.append(stored)
+                vectors = np.vstack([vectors.reshape(-1, vector.shape[0]), vector[None, :]])
+            else:
+                old = existing[match]
+                if old.stance == statement.stance:
+                    stored = reinforce(old, statement, when)
+                elif wins(statement, old):
+                    stored = replace(old, statement, when)
+                else:
+                    continue
+                existing[match] = stored
+            changed[stored.id] = stored
+        if lifted:
+            self._unsuppress(lifted)
+        ordered = list(changed.values())
+        self._write_statements(ordered)
+        return [s.id for s in ordered]
+
+    def _match(self, statement: PreferenceStatement, vector: np.ndarray, existing: list[PreferenceStatement],
+               vectors: np.ndarray) -> int | None:
+        for i, old in enumerate(existing):
+            if same_subject(old, statement):
+                return i
+        if len(existing) and vectors.size:
+            sims = vectors @ vector
+            best = int(np.argmax(sims))
+            if float(sims[best]) >= self.config.duplicate_similarity:
+                return best
+        return None
+
+    def _write_statements(self, statements: Sequence[PreferenceStatement]) -> None:
+        if not statements:
+            return
+        vectors = self.store.embedder.embed([s.text for s in statements])
+        metas = [{**self._base_meta("preference"), **self._to_meta(s)} for s in statements]
+        self._upsert([s.id for s in statements], vectors, [s.text for s in statements], metas)
+
+    def edit_preference(
+        self,
+        statement_id: str,
+        text: str | None = None,
+        stance: str | None = None,
+        dimension: str | None = None,
+        subject: str | None = None,
+        confidence: float | None = None,
+    ) -> PreferenceStatement:
+        """The user's correction of one statement: origin becomes ``user_edit``; the old wording is
+        remembered as suppressed so inference never brings it back."""
+        old = self.get_preference(statement_id)
+        new_stance = stance or old.stance
+        if new_stance not in ("prefers", "avoids"):
+            raise CdraError(f"stance must be 'prefers' or 'avoids', not {stance!r}")
+        new_subject = subject or (None if text else old.subject)
+        if text is None and (stance or subject):
+            text = f"{'Prefers' if new_stance == 'prefers' else 'Avoids'} {new_subject}"
+        updated = PreferenceStatement(
+            id=old.id, text=(text or old.text), stance=new_stance, dimension=dimension or old.dimension,  # type: ignore[arg-type]
+            subject=new_subject or "", evidence=old.evidence,
+            confidence=1.0 if confidence is None else confidence, origin="user_edit",
+            created=old.created, updated=now_iso(), version=old.version + 1)
+        if updated.text != old.text or updated.stance != old.stance:
+            self._suppress([old.text])
+        self._write_statements([updated])
+        return updated
+
+    def delete_preference(self, statement_id: str) -> None:
+        """Remove one statement; its text is suppressed so inference does not silently bring it back."""
+        old = self.get_preference(statement_id)
+        self._suppress([old.text])
+        col = self._get(create=True)
+        _wrap("deleting a preference", lambda: col.delete(ids=[old.id], where=self._where("preference")))
+
+    # -- suppressed texts ------------------------------------------------------------------------------
+    def suppressed(self) -> set[str]:
+        """Texts the user deleted or edited away: inference must not bring them back."""
+        return set(self._records("suppressed")["documents"])
+
+    def _suppress(self, texts: Iterable[str]) -> None:
+        texts = [t for t in dict.fromkeys(texts) if t]
+        if not texts:
+            return
+        ids = ["sup-" + hashlib.sha1(t.encode()).hexdigest()[:16] for t in texts]
+        metas = [{**self._base_meta("suppressed"), "time": now_iso()} for _ in texts]
+        self._upsert(ids, self.store.embedder.embed(texts), texts, metas)
+
+    def _unsuppress(self, texts: Iterable[str]) -> None:
+        ids = ["sup-" + hashlib.sha1(t.encode()).hexdigest()[:16] for t in texts]
+        col = self._get(create=True)
+        _wrap("lifting a suppression", lambda: col.delete(ids=ids, where=self._where("suppressed")))
+
+    # -- turns -----------------------------------------------------------------------------------------
+    def add_turn(self, session_id: str, turn_id: str, user_text: str, assistant_text: str,
+                 time: str | None = None) -> str:
+        """Remember one exchange for retrieval; returns its record id."""
+        return self.add_turns([{"session_id": session_id, "turn_id": turn_id, "user": user_text,
+                                "assistant": assistant_text, "time": time}])[0]
+
+    def add_turns(self, turns: Sequence[dict], vectors: np.ndarray | None = None) -> list[str]:
+        """Many turns at once (import, benchmarks); ``vectors`` skips embedding when already computed."""
+        cap = self.config.max_turn_chars
+        ids, docs, metas = [], [], []
+        for turn in turns:
+            user, assistant = str(turn.get("user", ""))[:cap], str(turn.get("assistant", ""))[:cap]
+            session, turn_id = str(turn.get("session_id", "")), str(turn.get("turn_id", ""))
+            ids.append(f"turn-{session}-{turn_id}" if turn_id else f"turn-{uuid.uuid4().hex}")
+            docs.append(f"User: {user}\nAssistant: {assistant}")
+            metas.append({**self._base_meta("turn"), "session_id": session, "turn_id": turn_id, "user": user,
+                          "assistant": assistant, "time": turn.get("time") or now_iso()})
+        if vectors is None:
+            vectors = self.store.embedder.embed(docs)
+        self._upsert(ids, np.asarray(vectors, dtype=np.float32), docs, metas)
+        return ids
+
+    @staticmethod
+    def _turn(meta: dict) -> dict:
+        return {k: meta.get(k) for k in ("session_id", "turn_id", "user", "assistant", "time")}
+
+    def turns(self) -> list[dict]:
+        return sorted((self._turn(m) for m in self._records("turn")["metadatas"]), key=lambda t: t["time"] or "")
+
+    # -- inference log ---------------------------------------------------------------------------------
+    def record_inference(self, summary: dict[str, Any], raw: str = "") -> str:
+        """Log one inference run (failed ones included, with the raw output): provenance, never a preference."""
+        record_id = f"inf-{uuid.uuid4().hex}"
+        meta = {**self._base_meta("inference"), "time": now_iso(),
+                **{k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool))}}
+        document = (raw or summary.get("error") or "inference")[:4000]
+        self._upsert([record_id], self.store.embedder.embed([document]), [document], [meta])
+        return record_id
+
+    def inferences(self) -> list[dict]:
+        rec = self._records("inference")
+        out = [{**{k: v for k, v in m.items() if k not in ("user_id", "type")}, "raw": d}
+               for d, m in zip(rec["documents"], rec["metadatas"])]
+        return sorted(out, key=lambda r: r.get("time", ""))
+
+    # -- retrieval -------------------------------------------------------------------------------------
+    def search_vectors(self, vector: np.ndarray, k: int, kind: str = "turn") -> list[tuple[str, float]]:
+        """Raw nearest neighbours of one kind: (record id, cosine similarity), best first."""
+        col = self._get(create=False)
+        if col is None:
+            return []
+        res = _wrap("querying", lambda: col.query(query_embeddings=np.asarray(vector, dtype=np.float32)[None, :],
+                                                  n_results=k, where=self._where(kind), include=["distances"]))
+        return [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0])]
+
+    def _query(self, vector: np.ndarray, k: int, kind: str) -> list[tuple[str, str, dict, float]]:
+        col = self._get(create=False)
+        if col is None:
+            return []
+        res = _wrap("querying", lambda: col.query(query_embeddings=vector[None, :], n_results=k,
+                                                  where=self._where(kind),
+                                                  include=["documents", "metadatas", "distances"]))
+        return [(i, d, m, 1.0 - float(dist)) for i, d, m, dist in
+                zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])]
+
+    def retrieve(self, query: str, top_k: int | None = None, token_budget: int | None = None) -> Retrieval:
+        """Statements and past turns relevant to ``query``: cosine similarity >= the cut-off, at most
+        ``top_k`` of each, packed into ``token_budget`` tokens (statements first, pinned dimensions such
+        as health and privacy before the rest, then by similarity)."""
+        cfg = self.config
+        k = top_k or cfg.top_k
+        budget = token_budget or cfg.token_budget
+        if self._get(create=False) is None or not query.strip():
+            return Retrieval()
+        vector = self.store.embedder.embed([query])[0]
+        prefs = {i: (self._from_record(i, d, m), s) for i, d, m, s in self._query(vector, k, "preference")
+                 if s >= cfg.relevance_cutoff}
+        if cfg.pinned_dimensions:
+            rec = self._records("preference", include_embeddings=True,
+                                extra={"dimension": {"$in": list(cfg.pinned_dimensions)}})
+            for i, d, m, e in zip(rec["ids"], rec["documents"], rec["metadatas"], rec["embeddings"]):
+                prefs.setdefault(i, (self._from_record(i, d, m), float(np.dot(vector, np.asarray(e)))))
+        turns = [(self._turn(m), s) for _, _, m, s in self._query(vector, k, "turn") if s >= cfg.relevance_cutoff]
+        pinned = set(cfg.pinned_dimensions)
+        ranked = sorted(prefs.values(), key=lambda p: (p[0].dimension in pinned, p[1]), reverse=True)
+        out, used = Retrieval(), 0
+        count = self.store.embedder.count_tokens
+        for statement, score in ranked:
+            cost = count(_preference_line(statement))
+            if used + cost <= budget:
+                out.preferences.append((statement, score))
+                used += cost
+        for turn, score in sorted(turns, key=lambda t: t[1], reverse=True):
+            cost = count(_turn_line(turn))
+            if used + cost <= budget:
+                out.turns.append((turn, score))
+                used += cost
+        out.preferences.sort(key=lambda p: p[1], reverse=True)
+        out.tokens = used
+        return out
+
+    # -- export / import / forget ----------------------------------------------------------------------
+    def export(self) -> dict[str, Any]:
+        """Everything stored for this user, as JSON-ready data (``import_`` reads it back)."""
+        return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "user_id": self.user_id,
+                "exported_at": now_iso(),
+                "preferences": [s.model_dump() for s in self.list_preferences()],
+                "turns": self.turns(), "suppressed": sorted(self.suppressed()), "inferences": self.inferences()}
+
+    def import_(self, data: dict[str, Any]) -> dict[str, int]:
+        """Restore an export into *this* user's memory (whatever user id the file names).
+
+        Everything is validated before anything is written; statements keep their ids and versions.
+        """
+        if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+            raise FormatError(f"not a memory export: expected an object with \"format\": \"{EXPORT_FORMAT}\"")
+        try:
+            statements = [PreferenceStatement.model_validate(p) for p in data.get("preferences", [])]
+        except Exception as exc:
+            raise FormatError(f"memory export: bad preference record: {exc}") from None
+        turns = data.get("turns", [])
+        suppressed = data.get("suppressed", [])
+        if not isinstance(turns, list) or not all(isinstance(t, dict) and "user" in t for t in turns):
+            raise FormatError("memory export: `turns` must be a list of objects with a `user` field")
+        if not isinstance(suppressed, list) or not all(isinstance(t, str) for t in suppressed):
+            raise FormatError("memory export: `suppressed` must be a list of strings")
+        self._write_statements(statements)
+        if turns:
+            self.add_turns(turns)
+        self._suppress(suppressed)
+        return {"preferences": len(statements), "turns": len(turns), "suppressed": len(suppressed)}
+
+    def forget(self) -> None:
+        """Delete everything of this user: the collection, its index files, and the freed database pages.
+
+        Embedded store: after ``delete_collection`` the segment directories are removed, the full-text
+        index is merged and the SQLite file vacuumed (deleted rows otherwise linger in free pages), then
+        the on-disk state is re-read to prove the collection, its segments and its rows are gone.
+        A chroma server is asked to delete the collection; its disk is the server's to manage.
+        """
+        client = self.store.client
+        col = self._get(create=False)
+        self._collection = None
+        if col is None:
+            return
+        if not self.store.embedded:
+            _wrap("deleting the user's collection", lambda: client.delete_collection(self.name))
+            return
+        db = self.store.persist_dir / "chroma.sqlite3"
+        collection_id = str(col.id)
+        segments = _sqlite_rows(db, "SELECT id FROM segments WHERE collection = ?", (collection_id,))
+        _wrap("deleting the user's collection", lambda: client.delete_collection(self.name))
+        for (segment,) in segments:
+            shutil.rmtree(self.store.persist_dir / segment, ignore_errors=True)
+        _compact(db)
+        self._verify_forgotten(db, collection_id, [s for (s,) in segments])
+
+    def _verify_forgotten(self, db: Path, collection_id: str, segments: list[str]) -> None:
+        problems = []
+        if _sqlite_rows(db, "SELECT id FROM collections WHERE id = ? OR name = ?", (collection_id, self.name)):
+            problems.append("the collection is still registered")
+        if segments and _sqlite_rows(db, f"SELECT id FROM segments WHERE id IN ({','.join('?' * len(segments))})",
+                                     tuple(segments)):
+            problems.append("its segments are still registered")
+        if _sqlite_rows(db, "SELECT 1 FROM embedding_metadata WHERE key = 'user_id' AND string_value = ? LIMIT 1",
+                        (self.user_id,)):
+            problems.append("records with its user id remain")
+        if any((self.store.persist_dir / s).exists() for s in segments):
+            problems.append("index files remain")
+        free = _sqlite_rows(db, "PRAGMA freelist_count", ())
+        if free and free[0][0]:
+            problems.append(f"{free[0][0]} freed database pages were not cleared")
+        if problems:
+            raise ForgetIncompleteError(f"forget({self.user_id!r}) incomplete: " + "; ".join(problems))
+
+
+def _sqlite_rows(db: Path, sql: str, params: tuple) -> list[tuple]:
+    """Read chroma's SQLite file directly (a fresh connection: what is on disk, not a client cache)."""
+    if not db.is_file():
+        return []
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        return list(conn.execute(sql, params).fetchall())
+
+
+def _compact(db: Path, attempts: int = 5) -> None:
+    """Merge the full-text index and VACUUM so deleted text no longer sits in free pages of the file."""
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            conn = sqlite3.connect(str(db), timeout=30)
+            try:
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "embedding_fulltext_search" in tables:
+                    conn.execute("INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES('optimize')")
+                    conn.commit()
+                conn.execute("VACUUM")
+            finally:
+                conn.close()
+            return
+        except sqlite3.OperationalError as exc:  # the database is busy with another writer
+            last = exc
+            time.sleep(0.2 * (attempt + 1))
+    raise ForgetIncompleteError(f"could not compact {db} after deleting the user's data: {last}")

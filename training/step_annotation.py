@@ -1,0 +1,139 @@
+"""Step-wise critique and score (CDRA §2.2 stage 2): the evaluator reads (P, q, τ^{≤j}) and writes c^j, then r^j.
+
+Segments are the path's steps and then its answer (the last segment), exactly as Pers-GenPRM scores a
+policy response. The evaluator is prompted with ``alignment/prompts/prm.py``'s STEP_CRITIQUE_PROMPT
+(plus two solved demonstrations) and its replies are read with ``alignment.critique.parse_step_judgment``,
+so each record holds precisely the critique-then-``SCORE`` text Pers-GenPRM learns. A judgment that
+cannot be read is retried; a path with a segment still unreadable is dropped and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from alignment.critique import ScoreParseError, StepJudgment, parse_step_judgment
+from alignment.engines.base import Engine, Message, SamplingParams
+from alignment.errors import CdraError
+from alignment.prompts import render
+from alignment.prompts.council import evaluator_demonstrations
+from alignment.prompts.prm import STEP_CRITIQUE_PROMPT, format_previous_steps
+from training.council import ReasoningPath
+from training.scenarios import Scenario, derive_seed
+
+
+@dataclass
+class AnnotationConfig:
+    r"""
+    Configuration of the evaluator's step-wise critiques.
+
+    Parameters that control generation:
+        max_new_tokens (`int`, defaults to `192`):
+            Budget of one judgment (critique and ``SCORE:`` line); a cut-off judgment usually has no score.
+        temperature (`float`, defaults to `0.0`):
+            The evaluator is greedy by default, so the same step always gets the same judgment.
+        retries (`int`, defaults to `2`):
+            Extra attempts for judgments whose score cannot be read; then the path is dropped and counted.
+        retry_temperature (`float`, defaults to `0.7`):
+            Retries are sampled (seeded), since a greedy retry would repeat the same reply.
+        demonstrations (`bool`, defaults to `True`):
+            Prepend two solved critique turns (same instruction, same output format) to every prompt.
+
+    Parameters that control batching:
+        batched (`bool`, defaults to `True`):
+            All segments of all paths of a scenario in one generation call per attempt; `False`: one call each.
+    """
+
+    max_new_tokens: int = 192
+    temperature: float = 0.0
+    retries: int = 2
+    retry_temperature: float = 0.7
+    demonstrations: bool = True
+    batched: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 8 or self.retries < 0:
+            raise CdraError("annotation needs max_new_tokens >= 8 and retries >= 0")
+
+
+@dataclass
+class AnnotatedPath:
+    path: ReasoningPath
+    critiques: list[str]
+    scores: list[float]
+
+    @property
+    def total_score(self) -> float:
+        """R(τ) = Σ_j r^j over every segment (steps and answer)."""
+        return round(sum(self.scores), 4)
+
+
+@dataclass
+class AnnotationStats:
+    judgments: int = 0  # segments judged (first attempts)
+    parse_failures: int = 0  # unreadable replies, retries included
+    retries: int = 0
+    dropped_paths: int = 0
+    model_calls: int = 0
+    completion_tokens: int = 0
+
+
+def segments_of(path: ReasoningPath) -> list[str]:
+    """What the PRM scores: each step, then the answer."""
+    return [*path.steps, path.answer]
+
+
+def critique_conversation(preference: str, query: str, segments: list[str], j: int,
+                          demonstrations: bool = True) -> list[Message]:
+    """The evaluator's prompt for segment ``j`` (0-based): P, q, segments before j, and segment j as
+    "step j+1" (the answer is the step after the last reasoning step)."""
+    messages = render(STEP_CRITIQUE_PROMPT, preference=preference, query=query,
+                      previous_steps=format_previous_steps(segments[:j]), step_number=j + 1, step=segments[j])
+    if not demonstrations:
+        return messages
+    demo = evaluator_demonstrations()
+    return [messages[0], *demo[1:], *messages[1:]]
+
+
+def annotate_paths(engine: Engine, scenario: Scenario, paths: list[ReasoningPath], config: AnnotationConfig,
+                   seed: int = 0) -> tuple[list[AnnotatedPath], AnnotationStats]:
+    """Critique and score every segment of every path; return the fully annotated paths (in order)."""
+    stats = AnnotationStats()
+    jobs = [(i, j) for i, p in enumerate(paths) for j in range(len(segments_of(p)))]
+    stats.judgments = len(jobs)
+    judged: dict[tuple[int, int], StepJudgment] = {}
+    pending = jobs
+    for attempt in range(1 + config.retries):
+        if not pending:
+            break
+        if attempt:
+            stats.retries += len(pending)
+        temperature = config.temperature if attempt == 0 else config.retry_temperature
+        convs = [critique_conversation(scenario.preference, scenario.query, segments_of(paths[i]), j,
+                                       config.demonstrations) for i, j in pending]
+        params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=temperature)
+        if config.batched:
+            calls = [(convs, pending, derive_seed(seed, scenario.id, "critique", attempt))]
+        else:
+            calls = [([c], [job], derive_seed(seed, scenario.id, "critique", attempt, *job))
+                     for c, job in zip(convs, pending)]
+        failed: list[tuple[int, int]] = []
+        for batch, batch_jobs, call_seed in calls:
+            outputs = engine.generate(batch, SamplingParams(**{**params.__dict__, "seed": call_seed}))
+            stats.model_calls += 1
+            for job, completions in zip(batch_jobs, outputs):
+                stats.completion_tokens += completions[0].completion_tokens
+                try:
+                    judged[job] = parse_step_judgment(completions[0].text)
+                except ScoreParseError:
+                    stats.parse_failures += 1
+                    failed.append(job)
+        pending = failed
+    annotated = []
+    for i, path in enumerate(paths):
+        keys = [(i, j) for j in range(len(segments_of(path)))]
+        if all(k in judged for k in keys):
+            annotated.append(AnnotatedPath(path, [judged[k].critique for k in keys],
+                                           [round(judged[k].score, 4) for k in keys]))
+        else:
+            stats.dropped_paths += 1
+    return annotated, stats
