@@ -44,8 +44,8 @@ def filled_previous(past: Sequence[Signal], cap: int) -> PreferenceDescription:
     for i, signal in enumerate(past):
         if len(statements) >= cap:
             break
-        words = " ".join(getattr(signal, "chosen", None) or signal.texts()[0] if signal.texts() or
-                         hasattr(signal, "chosen") else "").split()[:8]
+        text = getattr(signal, "chosen", None) or next(iter(signal.texts()), "")
+        words = text.split()[:8]
         if words:
             statements.append(PreferenceStatement.make("prefers", " ".join(words), dimension="interests",
                                                        evidence=[signal.id], confidence=0.6))
@@ -77,14 +77,15 @@ def bench_prefs(
         full_s, full_completion = None, 0
         try:
             started = time.perf_counter()
-            result = full_inferrer._infer_chunk_once(past + fresh, None)  # noqa: SLF001 - one call, no chunking
-            full_s, full_completion = time.perf_counter() - started, result
+            completion, _ = full_inferrer.generate_once(past + fresh, None)
+            full_s, full_completion = time.perf_counter() - started, completion.completion_tokens
         except PromptTooLongError:
             pass
         say(f"H={h}: streaming update ({stream_tokens} prompt tokens)")
         started = time.perf_counter()
-        stream_completion = stream_inferrer._infer_chunk_once(fresh, previous)  # noqa: SLF001
+        completion, _ = stream_inferrer.generate_once(fresh, previous)
         stream_s = time.perf_counter() - started
+        stream_completion = completion.completion_tokens
         rows.append(PrefsBenchRow(h, new, full_tokens, stream_tokens, full_s, stream_s, full_completion,
                                   stream_completion))
     return rows

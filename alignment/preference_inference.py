@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from alignment.engines.base import Engine, EngineError, PromptTooLongError, SamplingParams
+from alignment.engines.base import Completion, Engine, EngineError, PromptTooLongError, SamplingParams
 from alignment.preferences import (
     DIMENSIONS,
     PreferenceDescription,
@@ -261,6 +261,17 @@ class PreferenceInferrer:
         result.error = "; ".join(errors) if errors else None
         result.wall_s = time.perf_counter() - started
         return result
+
+    def generate_once(
+        self, signals: Sequence[Signal], previous: PreferenceDescription | None = None
+    ) -> tuple[Completion, ParsedInference]:
+        """Exactly one model call on exactly these signals (no chunking, no retry): benchmarks, debugging."""
+        cfg = self.config
+        conversation = self._fit(list(signals), previous or PreferenceDescription())
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                seed=cfg.seed)
+        completion = self.engine.generate([conversation], params)[0][0]
+        return completion, parse_inference_output(completion.text, [s.id for s in signals])
 
     def _fit(self, signals: list[Signal], previous: PreferenceDescription) -> list:
         conversation = self.prompt(signals, previous)

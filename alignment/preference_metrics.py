@@ -230,7 +230,21 @@ def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def _check_setup(path: Path, setup: dict) -> None:
+    """Resume only a run with the same models and settings; otherwise say so instead of mixing results."""
+    setup = json.loads(json.dumps(setup))
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous != setup:
+            changed = sorted(k for k in set(previous) | set(setup) if previous.get(k) != setup.get(k))
+            raise CdraError(f"{path.parent} holds results of a different setup ({', '.join(changed)} changed): "
+                            "pass another --out directory or delete it")
+        return
+    _atomic_write(path, json.dumps(setup, indent=2))
 
 
 def evaluate_preferences(
@@ -259,6 +273,11 @@ def evaluate_preferences(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        _check_setup(out / "run.json", {
+            "judge": judge.description, "judge_version": judge.version, "gen": gen.description if gen else None,
+            "preference": inferrer.engine.description if inferrer else None,
+            "inference": asdict(inferrer.config) if inferrer else None, "seed": config.seed,
+            "metrics": list(config.metrics), "max_signal_chars": config.max_signal_chars})
         rows_path = out / "rows.jsonl"
         rows = _done_rows(rows_path)
         _atomic_write(rows_path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -46,6 +46,9 @@ class ComparisonSignal(_SignalBase):
     chosen: str
     rejected: str
 
+    def texts(self) -> list[str]:
+        return [self.post]  # the user's own post; the replies were written by others
+
 
 class PostSignal(_SignalBase):
     kind: Literal["post"]
@@ -88,6 +91,9 @@ class PreferenceTestItem(BaseModel):
     post: str
     chosen: str
     rejected: str
+
+    def texts(self) -> list[str]:
+        return [self.post]  # the user's own post; the replies were written by others
     golden: str | None = None
 
 

@@ -118,7 +118,7 @@ class AssistantConfig:
 
     history_turns: int = 6
     background_inference: bool = True
-    infer_idle_s: float = 1.5
+    infer_idle_s: float = 4.0
     infer_max_signals: int = 8
     infer_max_new_tokens: int = 192
     infer_retries: int = 0
@@ -431,6 +431,8 @@ class Assistant:
             pieces = engine.stream(conversation, params)
             try:
                 for delta in pieces:
+                    if not delta:
+                        continue
                     if not n_pieces:
                         timings["first_token"] = _ms(started)
                     n_pieces += 1
@@ -478,7 +480,9 @@ class Assistant:
         timings["logging"] = _ms(t)
         added: list[str] = []
         if status != "cancelled":
+            t = time.perf_counter()
             added = self._remember(scope, session_id, turn_id, query, answer, status)
+            timings["memory_write"] = _ms(t)
         return TurnResult(answer=answer, steps=steps, retrieved=retrieved, turn_id=turn_id, version=engine.version,
                           session_id=session_id, raw=raw, status=status, error=error, latency_ms=timings,
                           finish=finish, explicit_added=added)

@@ -88,7 +88,6 @@ def _full_turn(assistant, session_id: str, query: str) -> dict[str, float]:
         raise RuntimeError(f"benchmark turn failed: {result.error if result else 'no result'}")
     lat = dict(result.latency_ms)
     lat["total"] = total
-    lat["memory_write"] = max(0.0, total - sum(lat.get(k, 0.0) for k in ("retrieval", "prompt", "generation", "logging")))
     return lat
 
 

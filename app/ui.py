@@ -99,13 +99,14 @@ def render_retrieved(retrieved: list[RetrievedPreference], added: list[str] | No
     return "\n".join(lines)
 
 
-def status_line(result: TurnResult) -> str:
+def status_line(result: TurnResult, k: int) -> str:
+    """One line under the chat: which policy answered turn k, and how fast (or what went wrong)."""
     if result.status != "ok":
-        return f"⚠️ {html.escape(result.error or 'failed')}"
+        return f"⚠️ turn {k}: {html.escape(result.error or 'failed')}"
     lat = result.latency_ms
     total = sum(v for k, v in lat.items() if k in ("retrieval", "prompt", "generation", "logging")) / 1000
     first = lat.get("first_token", 0.0) / 1000
-    return f"✓ answered by policy `{result.version}` in {total:.1f} s (first token after {first:.1f} s)"
+    return f"✓ turn {k} answered by policy `{result.version}` in {total:.1f} s (first token after {first:.1f} s)"
 
 
 # -- identity ---------------------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ class App:
                 "display": render_answer(result.raw, streaming=False, result=result)}
         state["turns"] = kept + [turn]
         panel = render_retrieved(result.retrieved, result.explicit_added)
-        yield "", self._messages(state["turns"]), panel, status_line(result), state
+        yield "", self._messages(state["turns"]), panel, status_line(result, len(state["turns"])), state
 
     def chat_like(self, state: dict, data: gr.LikeData, request: gr.Request) -> str:
         user = self.user(request)
@@ -407,6 +408,12 @@ class App:
             return (gr.skip(),) * 7 + (state,)
         return self._aloe_view(st, state)  # type: ignore[arg-type]
 
+    def aloe_pause(self, state: dict | None, request: gr.Request) -> tuple:
+        return self.aloe_status("paused", state, request)
+
+    def aloe_finish(self, state: dict | None, request: gr.Request) -> tuple:
+        return self.aloe_status("finished", state, request)
+
     def aloe_rate(self, rating: int | None, state: dict | None, request: gr.Request) -> tuple:
         user = self.user(request)
         try:
@@ -456,6 +463,7 @@ class App:
     # -- layout ------------------------------------------------------------------------------------------
     def build(self) -> gr.Blocks:
         chat_max = self.settings.chat.max_message_chars
+        versions = policy_versions(self.settings)
         private = {"api_visibility": "private"}
         model = {"api_visibility": "private", "concurrency_id": MODEL_EVENTS, "concurrency_limit": 4}
         with gr.Blocks(title="CDRA assistant", analytics_enabled=False) as demo:
@@ -521,10 +529,10 @@ class App:
                                 t_personality = gr.Textbox(label="Personality")
                                 t_hidden = gr.Textbox(label="Hidden preferences (one per line)", lines=3)
                                 t_opening = gr.Textbox(label="Opening message")
-                            version_a = gr.Dropdown(label="Policy version", choices=[], value="serving",
+                            version_a = gr.Dropdown(label="Policy version", choices=versions, value="serving",
                                                     elem_id="aloe-version")
                             blind = gr.Checkbox(label="Blind A/B against a second version", elem_id="aloe-blind")
-                            version_b = gr.Dropdown(label="Version B", choices=[], elem_id="aloe-version-b")
+                            version_b = gr.Dropdown(label="Version B", choices=versions, value=None, elem_id="aloe-version-b")
                             start = gr.Button("Start session", variant="primary", elem_id="aloe-start")
                             resume_pick = gr.Dropdown(label="Your unfinished sessions", choices=[],
                                                       elem_id="aloe-sessions")
@@ -555,6 +563,7 @@ class App:
             chatbot.like(self.chat_like, [chat_state], [status], **private)
             correct.click(self.chat_correct, [correction, chat_state], [correction, status, panel], **private)
             new_chat.click(self.chat_new, None, [chatbot, panel, status, chat_state], **private)
+            chatbot.clear(self.chat_new, None, [chatbot, panel, status, chat_state], **private)
             # memory events
             view_out = [table, pick, memory_summary]
             for trigger in (memory_tab.select, refresh.click):
@@ -572,8 +581,8 @@ class App:
             start.click(self.aloe_start, [persona_pick, t_profile, t_personality, t_hidden, t_opening, version_a,
                                           version_b, blind, aloe_state], aloe_out, **private)
             resume.click(self.aloe_resume, [resume_pick, aloe_state], aloe_out, **private)
-            pause.click(lambda s, r: self.aloe_status("paused", s, r), [aloe_state], aloe_out, **private)
-            finish.click(lambda s, r: self.aloe_status("finished", s, r), [aloe_state], aloe_out, **private)
+            pause.click(self.aloe_pause, [aloe_state], aloe_out, **private)
+            finish.click(self.aloe_finish, [aloe_state], aloe_out, **private)
             rate.click(self.aloe_rate, [rating, aloe_state], aloe_out, **private)
             aloe_send.click(self.aloe_send, [aloe_msg, aloe_state], aloe_out, **model)
             aloe_msg.submit(self.aloe_send, [aloe_msg, aloe_state], aloe_out, **model)

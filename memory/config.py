@@ -23,7 +23,7 @@ class MemoryConfig(BaseModel):
     embedding_device: str = "cpu"
     embedding_batch_size: int = Field(64, ge=1)
     top_k: int = Field(8, ge=1)
-    relevance_cutoff: float = Field(0.25, description="minimum cosine similarity for a record to be retrieved")
+    relevance_cutoff: float = Field(0.35, description="minimum cosine similarity (MiniLM) for a record to be retrieved")
     token_budget: int = Field(512, ge=1, description="max tokens of retrieved memory put into a prompt")
     pinned_dimensions: tuple[str, ...] = Field(
         ("health", "privacy", "style"), description="dimensions retrieved for every query, whatever their similarity")

@@ -262,6 +262,7 @@ class UserMemory:
         existing, vectors = self._statements_with_vectors()
         suppressed = self.suppressed()
         new_vectors = self.store.embedder.embed([s.text for s in statements])
+        known = {s.text: v for s, v in zip(existing, vectors)} | {s.text: v for s, v in zip(statements, new_vectors)}
         when = now_iso()
         changed: dict[str, PreferenceStatement] = {}
         lifted: list[str] = []
@@ -288,7 +289,7 @@ class UserMemory:
         if lifted:
             self._unsuppress(lifted)
         ordered = list(changed.values())
-        self._write_statements(ordered)
+        self._write_statements(ordered, known)
         return [s.id for s in ordered]
 
     def _match(self, statement: PreferenceStatement, vector: np.ndarray, existing: list[PreferenceStatement],
@@ -303,10 +304,15 @@ class UserMemory:
                 return best
         return None
 
-    def _write_statements(self, statements: Sequence[PreferenceStatement]) -> None:
+    def _write_statements(self, statements: Sequence[PreferenceStatement],
+                          known: dict[str, np.ndarray] | None = None) -> None:
+        """Upsert statements; ``known`` maps texts already embedded to their vectors (embedding is the slow part)."""
         if not statements:
             return
-        vectors = self.store.embedder.embed([s.text for s in statements])
+        known = dict(known or {})
+        missing = [s.text for s in statements if s.text not in known]
+        known.update(zip(missing, self.store.embedder.embed(missing)))
+        vectors = np.stack([known[s.text] for s in statements])
         metas = [{**self._base_meta("preference"), **self._to_meta(s)} for s in statements]
         self._upsert([s.id for s in statements], vectors, [s.text for s in statements], metas)
 

@@ -182,3 +182,27 @@ def write_card(card: dict[str, Any], rea: Sequence[dict[str, Any]], results: Seq
     write_text_atomic(out_dir / CARD_MD, render_markdown(card))
     plot_histograms(rea, results, out_dir / HIST_PNG)
     return [out_dir / CARD_JSON, out_dir / CARD_MD, out_dir / HIST_PNG]
+
+
+def compute_card_for_dir(build_dir: str | Path) -> dict[str, Any]:
+    """The card of a build directory (its per-scenario results when present), or of any directory
+    holding one ``*rea*.jsonl`` and optionally one ``*rft*.jsonl``."""
+    from alignment.errors import CdraError
+    from training.deeppref import RESULTS_DIR, read_records
+
+    build_dir = Path(build_dir)
+    if not build_dir.is_dir():
+        raise CdraError(f"{build_dir} is not a directory")
+    rea_files = sorted(build_dir.glob("*rea*.jsonl"))
+    rft_files = sorted(build_dir.glob("*rft*.jsonl"))
+    if not rea_files:
+        raise CdraError(f"no *rea*.jsonl in {build_dir}: run `cdra data build --out {build_dir}` first")
+    rea = [r for f in rea_files for r in read_records(f)]
+    rft = [r for f in rft_files for r in read_records(f)]
+    results = []
+    for path in sorted((build_dir / RESULTS_DIR).glob("*.json")):
+        try:
+            results.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CdraError(f"{path}: unreadable scenario result ({exc})") from None
+    return compute_card(results, rea, rft, scenarios_total=len(results) or None)

@@ -189,6 +189,7 @@ def write_jsonl(records: Sequence[dict], out: str | Path) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a data file is readable like any other
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

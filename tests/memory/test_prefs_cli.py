@@ -1,0 +1,90 @@
+"""`cdra prefs …` end to end in one process: real chromadb under a temporary data dir, the packaged models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+
+@pytest.fixture(scope="module")
+def cli():
+    from app.cli import _register, app
+
+    if not any(getattr(g, "name", None) == "prefs" for g in app.registered_groups):
+        _register()
+    return app
+
+
+@pytest.fixture
+def run(cli, tmp_path, model_cache, monkeypatch):
+    for key in [k for k in __import__("os").environ if k.startswith("CDRA_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CDRA_MODEL_CACHE_DIR", str(model_cache))
+    data_dir = tmp_path / "data"
+
+    def invoke(*args: str, ok: bool = True):
+        result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), *args], catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    invoke.data_dir = data_dir
+    return invoke
+
+
+def test_show_add_edit_delete_export_import_forget(run, tmp_path):
+    run("prefs", "add", "--user", "alice", "I'm allergic to cats and I prefer short answers.")
+    shown = [json.loads(line) for line in run("prefs", "show", "--user", "alice", "--json").output.splitlines()]
+    assert {s["text"] for s in shown} == {"Avoids cats (allergy)", "Prefers short answers"}
+    short = next(s for s in shown if s["subject"] == "short answers")
+    out = run("prefs", "edit", "--user", "alice", short["id"], "--text", "Prefers detailed answers").output
+    assert "Prefers detailed answers" in out and "v2" in out
+    run("prefs", "delete", "--user", "alice", next(s["id"] for s in shown if s["dimension"] == "health"))
+    export = tmp_path / "alice.json"
+    run("prefs", "export", "--user", "alice", "--out", str(export))
+    data = json.loads(export.read_text())
+    assert [p["text"] for p in data["preferences"]] == ["Prefers detailed answers"]
+    assert set(data["suppressed"]) == {"Prefers short answers", "Avoids cats (allergy)"}
+    run("prefs", "import", "--user", "bob", str(export))
+    assert "Prefers detailed answers" in run("prefs", "show", "--user", "bob").output
+    assert "(no preferences stored)" in run("prefs", "show", "--user", "carol").output
+    run("prefs", "forget", "--user", "alice", "--yes")
+    assert "(no preferences stored)" in run("prefs", "show", "--user", "alice").output
+    assert "Prefers detailed answers" in run("prefs", "show", "--user", "bob").output
+
+
+def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
+    from alignment.errors import CdraError, FormatError
+
+    signals = tmp_path / "signals.jsonl"
+    signals.write_text('{"kind": "statement", "text": "I love tea."}\n{"kind": "post"}\n')
+    with pytest.raises(FormatError, match=r"signals.jsonl:2: text: Field required"):
+        run("prefs", "infer", "--user", "dave", "--signals", str(signals))
+    assert "(no preferences stored)" in run("prefs", "show", "--user", "dave").output  # not even the good line
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "cdra-memory", "preferences": [{"text": "x", "stance": "sometimes"}]}')
+    with pytest.raises(FormatError, match="bad preference record"):
+        run("prefs", "import", "--user", "dave", str(bad))
+    with pytest.raises(CdraError, match="no preference with id"):
+        run("prefs", "delete", "--user", "dave", "pref-missing")
+
+
+@pytest.mark.slow
+def test_infer_stores_explicit_at_once_and_never_stores_a_failed_inference(run, tmp_path):
+    """A 2-token budget cannot hold the format: the run fails after its retries, is logged, stores nothing inferred."""
+    from alignment.errors import CdraError
+
+    signals = tmp_path / "signals.jsonl"
+    signals.write_text("\n".join(json.dumps(s) for s in [
+        {"kind": "statement", "text": "Please don't share my location.", "id": "s1"},
+        {"kind": "comparison", "post": "Lunch?", "chosen": "A salad bar", "rejected": "A burger place", "id": "c1"},
+    ]) + "\n")
+    with pytest.raises(CdraError, match=r"failed after 2 attempt\(s\)"):
+        run("prefs", "infer", "--user", "erin", "--signals", str(signals), "--max-new-tokens", "2", "--retries", "1")
+    export = json.loads(run("prefs", "export", "--user", "erin").output)
+    assert [p["text"] for p in export["preferences"]] == ["Avoids sharing my location"]
+    assert export["preferences"][0]["origin"] == "explicit" and export["preferences"][0]["evidence"] == ["s1"]
+    [log] = export["inferences"]
+    assert log["failed"] is True and log["attempts"] == 2 and log["statements"] == 0
