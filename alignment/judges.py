@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from alignment.engines.base import Engine, EngineError, Message, SamplingParams
+from alignment.engines.base import Engine, EngineError, Message, PromptTooLongError, SamplingParams
 from alignment.errors import CdraError
 from alignment.prompts import render
 from alignment.prompts.judge import ALOE_TURN, NO_NOTES, PAIRWISE, YES_NO_RUBRICS, format_history
@@ -406,30 +406,52 @@ class Judge:
         )
 
     def _add_probabilities(self, pairs: Sequence[tuple[JudgeRequest, Judgment]]) -> None:
-        """Score every option after each judgment's rationale, in one batched ``Engine.score`` call."""
+        """Score every option after each judgment's rationale, in one batched ``Engine.score`` call
+        (one call per judgment only if some prompt plus rationale is too long; that one keeps its JSON verdict)."""
         if not pairs:
             return
-        conversations, continuations, spans = [], [], []
+        try:
+            scored = self._score(pairs)
+        except PromptTooLongError:
+            for pair in pairs:
+                try:
+                    self._apply(pair, self._score([pair]))
+                except PromptTooLongError as exc:
+                    pair[1].error = f"probability reading skipped: {exc}"
+            return
+        start = 0
+        for pair in pairs:
+            n = len(OPTIONS[pair[0].kind])
+            self._apply(pair, scored[start : start + n])
+            start += n
+
+    def _score(self, pairs: Sequence[tuple[JudgeRequest, Judgment]]) -> list:
+        conversations, continuations = [], []
         for request, judgment in pairs:
-            options = OPTIONS[request.kind]
             prefix = verdict_prefix(judgment.rationale, request.kind)
-            spans.append((len(continuations), options))
-            for option in options:
+            for option in OPTIONS[request.kind]:
                 conversations.append(list(request.messages))
                 continuations.append(prefix + option)
         try:
             self.stats.score_calls += 1
             scored = self.engine.score(conversations, continuations)
-            self.stats.scored += len(scored)
-        except NotImplementedError:
-            self.use_logprobs = False  # an endpoint without scoring: JSON verdicts only
-            return
-        for (request, judgment), (start, options) in zip(pairs, spans):
-            probs = softmax([s.logprob for s in scored[start : start + len(options)]])
-            judgment.probabilities = dict(zip(options, probs))
-            best = options[max(range(len(options)), key=lambda k: probs[k])]
-            judgment.verdict = {"yesno": best == "yes", "pair": best, "rating": int(best) if best.isdigit() else best}[request.kind]
-            judgment.source = "logprobs"
+        except PromptTooLongError:
+            raise
+        except (NotImplementedError, EngineError) as exc:
+            raise CdraError(f"the judge {self.judge_key} cannot score text for probability verdicts ({exc}); "
+                            "use JSON verdicts only (--no-judge-logprobs)") from exc
+        self.stats.scored += len(scored)
+        return scored
+
+    @staticmethod
+    def _apply(pair: tuple[JudgeRequest, Judgment], scored: Sequence) -> None:
+        request, judgment = pair
+        options = OPTIONS[request.kind]
+        probs = softmax([s.logprob for s in scored])
+        judgment.probabilities = dict(zip(options, probs))
+        best = options[max(range(len(options)), key=lambda k: probs[k])]
+        judgment.verdict = {"yesno": best == "yes", "pair": best, "rating": int(best) if best.isdigit() else best}[request.kind]
+        judgment.source = "logprobs"
 
 
 def verdict_prefix(rationale: str, kind: Kind) -> str:

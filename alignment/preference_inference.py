@@ -202,6 +202,7 @@ class InferenceResult:
     wall_s: float = 0.0
     error: str | None = None
     raws: list[str] = field(default_factory=list)
+    call_prompt_tokens: list[int] = field(default_factory=list)  # one entry per model call: bounded by design
 
 
 class PreferenceInferrer:
@@ -314,7 +315,9 @@ class PreferenceInferrer:
                 problems.append(f"attempt {attempt + 1}: {exc}")
                 continue
             result.attempts += 1
-            result.prompt_tokens += completion.prompt_tokens or self.engine.count_tokens(conversation)
+            n_prompt = completion.prompt_tokens or self.engine.count_tokens(conversation)
+            result.prompt_tokens += n_prompt
+            result.call_prompt_tokens.append(n_prompt)
             result.completion_tokens += completion.completion_tokens
             result.raw = completion.text
             result.raws.append(completion.text)

@@ -149,6 +149,27 @@ def critique_text(generated: str) -> str:
     return _LEADING_LABEL.sub("", text).strip() or "(no critique)"
 
 
+def read_out_scores(engine: Engine, conversations: Sequence[Conversation], generated: Sequence[str],
+                    grid: Sequence[float] = (-1.0, -0.5, 0.0, 0.5, 1.0)) -> list[float]:
+    """The score a model means after its own critique, when it wrote no readable ``SCORE:`` line.
+
+    For each judgment, ``critique + "SCORE: x"`` is scored for every x in ``grid`` (one batched
+    ``Engine.score`` call) and the probability-weighted mean of x is returned. Reusable by any
+    critique writer (the DeepPref evaluator too), so weak models still yield grounded scores.
+    """
+    pairs_conv, pairs_cont = [], []
+    for conv, text in zip(conversations, generated):
+        critique = critique_text(text)
+        for value in grid:
+            pairs_conv.append(conv)
+            pairs_cont.append(format_step_judgment(critique, value))
+    if not pairs_conv:
+        return []
+    scored = engine.score(pairs_conv, pairs_cont)
+    n = len(grid)
+    return [expected_score([s.logprob for s in scored[k * n:(k + 1) * n]], grid) for k in range(len(conversations))]
+
+
 class PersGenPRM:
     """The generative process reward model over any Engine (the packaged default, an adapter, vLLM)."""
 
@@ -220,17 +241,9 @@ class PersGenPRM:
 
     def _readout(self, convs: list[Conversation], texts: list[str], owner: list[tuple[int, int]],
                  results: list[StepScores]) -> None:
-        grid = self.config.readout_grid
-        pairs_conv, pairs_cont = [], []
-        for conv, text in zip(convs, texts):
-            critique = critique_text(text)
-            for value in grid:
-                pairs_conv.append(conv)
-                pairs_cont.append(format_step_judgment(critique, value))
-        scored = self.engine.score(pairs_conv, pairs_cont)
-        for n, (i, j) in enumerate(owner):
-            chunk = scored[n * len(grid):(n + 1) * len(grid)]
-            results[i].scores[j] = expected_score([s.logprob for s in chunk], grid)
+        values = read_out_scores(self.engine, convs, texts, self.config.readout_grid)
+        for value, (i, j) in zip(values, owner):
+            results[i].scores[j] = value
             results[i].sources[j] = "readout"
 
     def readout_scores(self, items: Sequence[tuple[str, str, Sequence[str]]]) -> tuple[PRMScores, list[list[float]]]:

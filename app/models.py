@@ -7,7 +7,10 @@ version is picked up on the next turn, without a restart.
 
 from __future__ import annotations
 
+import threading
+
 from alignment.engines import Engine, ModelSpec, build_engine
+from alignment.engines.factory import evict
 from app.settings import ROLES, Role, Settings
 from training.registry import ModelRegistry
 
@@ -28,8 +31,29 @@ def resolve_spec(settings: Settings, role: Role) -> tuple[ModelSpec, str | None]
 
 
 def engine_for(settings: Settings, role: Role) -> Engine:
+    """The engine serving ``role`` now. Resolved on every call: a version promoted by `cdra retrain`
+    (another process) is a new spec, hence a new engine, on the next call; the replaced registry
+    version's engine is evicted from the cache unless another role still resolves to it."""
     spec, version = resolve_spec(settings, role)
-    return build_engine(spec, settings.models_dir, version=version)
+    engine = build_engine(spec, settings.models_dir, version=version)
+    _evict_replaced(settings, role, spec, version)
+    return engine
+
+
+_resolved: dict[tuple[str, str], tuple[ModelSpec, str | None]] = {}
+_resolved_lock = threading.Lock()
+
+
+def _evict_replaced(settings: Settings, role: Role, spec: ModelSpec, version: str | None) -> None:
+    key = (str(settings.models_dir), role)
+    with _resolved_lock:
+        old = _resolved.get(key)
+        _resolved[key] = (spec, version)
+        if old is None or old[1] is None or old[0] == spec:  # the packaged default is never evicted
+            return
+        if any(s == old[0] and k[0] == key[0] for k, (s, _) in _resolved.items()):
+            return
+    evict(old[0], settings.models_dir)
 
 
 def describe_roles(settings: Settings) -> list[dict[str, str]]:

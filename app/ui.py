@@ -82,7 +82,7 @@ def render_answer(raw: str, streaming: bool, result: TurnResult | None = None) -
                       "below). Press Regenerate, or raise `chat.max_new_tokens`._")
     text = html.escape(answer) if answer and not answer.startswith("_") else answer
     if result is not None and result.status != "ok":
-        text = (text + "\n\n" if text else "") + f"⚠️ {html.escape(result.error or 'the answer failed')} — " \
+        text = (text + "\n\n" if text else "") + f"Error: {html.escape(result.error or 'the answer failed')} — " \
             "your message is saved; send it again or press Regenerate."
     return f"{text}\n\n{reasoning_html(steps, open_=streaming)}"
 
@@ -102,7 +102,7 @@ def render_retrieved(retrieved: list[RetrievedPreference], added: list[str] | No
 def status_line(result: TurnResult, k: int) -> str:
     """One line under the chat: which policy answered turn k, and how fast (or what went wrong)."""
     if result.status != "ok":
-        return f"⚠️ turn {k}: {html.escape(result.error or 'failed')}"
+        return f"Error: turn {k}: {html.escape(result.error or 'failed')}"
     lat = result.latency_ms
     total = sum(v for k, v in lat.items() if k in ("retrieval", "prompt", "generation", "logging")) / 1000
     first = lat.get("first_token", 0.0) / 1000
@@ -184,7 +184,7 @@ class App:
             query = clean_message(message, self.settings.chat.max_message_chars)
         except MessageError as exc:
             gr.Warning(str(exc))
-            yield gr.skip(), gr.skip(), gr.skip(), f"⚠️ {exc}", state
+            yield gr.skip(), gr.skip(), gr.skip(), f"Error: {exc}", state
             return
         if state["session_id"] is None:
             state["session_id"] = self.log.start_session(user, "chat", {"client": "gradio"})
@@ -208,7 +208,7 @@ class App:
                     result = event.result
         except CdraError as exc:  # a double submit, or the memory store failing
             gr.Warning(str(exc))
-            yield gr.skip(), self._messages(state["turns"]), gr.skip(), f"⚠️ {exc}", state
+            yield gr.skip(), self._messages(state["turns"]), gr.skip(), f"Error: {exc}", state
             return
         finally:
             events.close()
@@ -225,12 +225,12 @@ class App:
         index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
         k = int(index) // 2
         if not 0 <= k < len(state["turns"]):
-            return "⚠️ that answer is not part of this chat any more"
+            return "That answer is not part of this chat any more."
         liked = data.liked
         feedback = "up" if liked in (True, "Like") else "down" if liked in (False, "Dislike") else None
         self.assistant.feedback(user, state["turns"][k]["turn_id"], feedback, clear=feedback is None)
-        return {"up": "👍 thanks — noted", "down": "👎 noted — tell me below what you'd rather have"}.get(
-            feedback or "", "feedback cleared")
+        return {"up": "Thanks, noted as helpful.", "down": "Noted as unhelpful: tell me below what you'd rather have."}.get(
+            feedback or "", "Feedback cleared.")
 
     def chat_correct(self, text: str, state: dict, request: gr.Request) -> tuple[str, str, Any]:
         user = self.user(request)
@@ -244,7 +244,7 @@ class App:
             gr.Warning(str(exc))
             return text, gr.skip(), gr.skip()
         added = self.assistant.feedback(user, state["turns"][-1]["turn_id"], None, correction)
-        note = "✓ correction saved; it will shape what I infer about you"
+        note = "Correction saved: it will shape what I learn about you."
         panel = render_retrieved([], added) if added else gr.skip()
         return "", note, panel
 
@@ -334,12 +334,17 @@ class App:
         personas = {**self.personas, **state.get("uploaded", {})}
         return state, gr.update(choices=[(f"{p.id}: {p.profile[:60]}", p.id) for p in personas.values()])
 
+    def _resumable(self, user: str):
+        return gr.update(choices=[(self._session_label(s), s["session_id"]) for s in self.aloe.resumable(user)],
+                         value=None)
+
     def _aloe_view(self, st: AloeState | None, state: dict) -> tuple:
-        """Outputs: (persona card, status, chatbot, message box, send button, rating, rate button, state)."""
+        """Outputs: (persona card, status, chatbot, message box, send button, rating, rate button, state,
+        the resume picker)."""
         if st is None:
             return ("_Pick or type a persona and start a session._", "", [], gr.update(value=""),
                     gr.update(interactive=False), gr.update(value=None, interactive=False),
-                    gr.update(interactive=False), state)
+                    gr.update(interactive=False), state, self._resumable(state["user"]))
         state["session_id"] = st.session_id
         messages: list[dict[str, str]] = []
         for t in st.turns:
@@ -359,13 +364,15 @@ class App:
         opening = st.persona.opening if st.k == 0 and st.can_send else ""
         return (persona_card(st.persona), status, messages, gr.update(value=opening, interactive=st.can_send),
                 gr.update(interactive=st.can_send), gr.update(value=None, interactive=st.awaiting_rating is not None),
-                gr.update(interactive=st.awaiting_rating is not None and st.status == "active"), state)
+                gr.update(interactive=st.awaiting_rating is not None and st.status == "active"), state,
+                self._resumable(state["user"]))
 
     def aloe_start(self, persona_id: str | None, profile: str, personality: str, hidden: str, opening: str,
                    version_a: str | None, version_b: str | None, blind: bool, state: dict | None,
                    request: gr.Request) -> tuple:
         user = self.user(request)
         state = state if (state or {}).get("user") == user else {"user": user}
+        profile, personality, hidden, opening = (x or "" for x in (profile, personality, hidden, opening))
         try:
             if profile.strip():
                 persona = typed_persona(profile, personality, hidden, opening)
@@ -405,7 +412,7 @@ class App:
             st = self.aloe.set_status(user, self._aloe_current(state, user).session_id, status)
         except CdraError as exc:
             gr.Warning(str(exc))
-            return (gr.skip(),) * 7 + (state,)
+            return (gr.skip(),) * 7 + (state, gr.skip())
         return self._aloe_view(st, state)  # type: ignore[arg-type]
 
     def aloe_pause(self, state: dict | None, request: gr.Request) -> tuple:
@@ -422,7 +429,7 @@ class App:
             st = self.aloe.rate(user, self._aloe_current(state, user).session_id, int(rating))
         except CdraError as exc:
             gr.Warning(str(exc))
-            return (gr.skip(),) * 7 + (state,)
+            return (gr.skip(),) * 7 + (state, gr.skip())
         return self._aloe_view(st, state)  # type: ignore[arg-type]
 
     def aloe_send(self, message: str, state: dict | None, request: gr.Request) -> Iterator[tuple]:
@@ -435,13 +442,14 @@ class App:
             query = clean_message(message, self.settings.chat.max_message_chars)
         except CdraError as exc:
             gr.Warning(str(exc))
-            yield (gr.skip(),) * 7 + (state,)
+            yield (gr.skip(),) * 7 + (state, gr.skip())
             return
         view = list(self._aloe_view(st, state))  # type: ignore[arg-type]
         base = view[2] + [{"role": "user", "content": html.escape(query)}]
         busy = (gr.update(value="", interactive=False), gr.update(interactive=False))
         yield (view[0], f"**Turn {st.k + 1}/{ALOE_TURNS}** · {st.model_label} · writing…",
-               base + [{"role": "assistant", "content": render_answer("", True)}], *busy, view[5], view[6], state)
+               base + [{"role": "assistant", "content": render_answer("", True)}], *busy, view[5], view[6], state,
+               gr.skip())
         version = None if st.policy_version in (None, "serving") else st.policy_version
         events = self.assistant.stream_turn(
             user, st.session_id, query, st.history(), mode="aloe", policy_version=version,
@@ -451,7 +459,7 @@ class App:
             for event in events:
                 if event.kind == "delta":
                     yield (gr.skip(), gr.skip(), base + [{"role": "assistant", "content": render_answer(event.text, True)}],
-                           gr.skip(), gr.skip(), gr.skip(), gr.skip(), state)
+                           gr.skip(), gr.skip(), gr.skip(), gr.skip(), state, gr.skip())
                 elif event.kind == "error":
                     gr.Warning(event.error or "the answer failed")
         except CdraError as exc:
@@ -574,7 +582,7 @@ class App:
             forget.click(self.memory_forget, [confirm], [*view_out, chatbot, chat_state, confirm], **private)
             export.click(self.memory_export, None, [exported], **private)
             # ALOE events
-            aloe_out = [card, aloe_status, aloe_chat, aloe_msg, aloe_send, rating, rate, aloe_state]
+            aloe_out = [card, aloe_status, aloe_chat, aloe_msg, aloe_send, rating, rate, aloe_state, resume_pick]
             aloe_tab.select(self.aloe_choices, [aloe_state], [persona_pick, resume_pick, version_a, version_b],
                             **private)
             upload.upload(self.aloe_upload, [upload, aloe_state], [aloe_state, persona_pick], **private)

@@ -1,33 +1,25 @@
 """PrefEval (Zhao et al., ICLR 2025) in its original layout -> the alignment test set of formats.md.
 
-Reads ``explicit_preference/TOPIC.json``, ``implicit_preference/choice-based/TOPIC.json`` and
-``implicit_preference/persona-driven/TOPIC.json`` for any topic present (the full benchmark has 20).
+Reads ``explicit_preference/``, ``implicit_preference/choice-based/`` and ``implicit_preference/persona-driven/``
+TOPIC.json files (through training/prefeval.py's ``load_prefeval``) for any topic present (the full benchmark has 20).
 Explicit items carry the preference only (the model is given it as memory); implicit items carry the
 conversation in which the preference is revealed as ``history``, with the gold preference kept for the judge.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from alignment.errors import CdraError, FormatError
+from alignment.errors import CdraError
 from alignment.methods import AlignmentItem
-
-#: form name -> directory under the benchmark root
-FORMS: dict[str, str] = {
-    "explicit": "explicit_preference",
-    "implicit-choice": "implicit_preference/choice-based",
-    "implicit-persona": "implicit_preference/persona-driven",
-}
-_REQUIRED = ("preference", "question")
+from training.prefeval import FORMS, ChoiceRecord, PersonaRecord, PrefEvalRecord, canonical_form, load_prefeval
 
 
 def list_topics(root: str | Path) -> list[str]:
-    """Topics present in any form directory of the benchmark root, sorted."""
+    """Topics present in any form directory of the benchmark root, sorted (a topic may lack a form)."""
     root = _check_root(root)
     topics = {p.stem for sub in FORMS.values() if (root / sub).is_dir() for p in (root / sub).glob("*.json")}
     if not topics:
@@ -44,76 +36,27 @@ def _check_root(root: str | Path) -> Path:
     return root
 
 
-def load_records(root: str | Path, form: str, topic: str) -> list[dict[str, Any]]:
-    """The raw records of one (form, topic) file, checked for the keys every form has."""
-    if form not in FORMS:
-        raise CdraError(f"unknown PrefEval form {form!r}: use {', '.join(FORMS)}")
-    path = _check_root(root) / FORMS[form] / f"{topic}.json"
-    if not path.is_file():
-        raise FormatError(f"{path}: no such file (topic {topic!r} is missing for form {form})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, list):
-        raise FormatError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    for i, record in enumerate(data):
-        if not isinstance(record, dict):
-            raise FormatError(f"{path}[{i}]: expected an object, got {type(record).__name__}")
-        for key in _REQUIRED:
-            if not isinstance(record.get(key), str) or not record[key].strip():
-                raise FormatError(f"{path}[{i}]: missing {key!r}")
-    return data
-
-
-def _choice_history(record: dict, where: str) -> list[dict[str, str]]:
-    conv = record.get("conversation")
-    keys = ("query", "assistant_options", "user_selection", "assistant_acknowledgment")
-    if not isinstance(conv, dict) or any(not isinstance(conv.get(k), str) for k in keys):
-        raise FormatError(f"{where}: choice-based record needs conversation.{{{', '.join(keys)}}}")
-    return [
-        {"role": "user", "content": conv["query"]},
-        {"role": "assistant", "content": conv["assistant_options"]},
-        {"role": "user", "content": conv["user_selection"]},
-        {"role": "assistant", "content": conv["assistant_acknowledgment"]},
-    ]
-
-
-def _persona_history(record: dict, where: str) -> list[dict[str, str]]:
-    conv = record.get("conversation")
-    if not isinstance(conv, dict) or not conv:
-        raise FormatError(f"{where}: persona-driven record needs a conversation {{\"0\": {{user, assistant}}, ...}}")
-    try:
-        order = sorted(conv, key=int)
-    except ValueError:
-        raise FormatError(f"{where}: conversation turns must be numbered \"0\", \"1\", ...") from None
+def to_item(record: PrefEvalRecord, form: str) -> AlignmentItem:
+    """One PrefEval record (training/prefeval.py's typed form) as an alignment test item, origin kept as extras."""
     history: list[dict[str, str]] = []
-    for key in order:
-        turn = conv[key]
-        if not isinstance(turn, dict) or not isinstance(turn.get("user"), str):
-            raise FormatError(f"{where}: conversation[{key}] needs a user message")
-        history.append({"role": "user", "content": turn["user"]})
-        if isinstance(turn.get("assistant"), str) and turn["assistant"].strip():
-            history.append({"role": "assistant", "content": turn["assistant"]})
-    return history
-
-
-def to_item(record: dict, form: str, topic: str, index: int, where: str = "") -> AlignmentItem:
-    """One PrefEval record as an alignment test item (formats.md), with its origin kept as extra keys."""
-    where = where or f"{FORMS[form]}/{topic}.json[{index}]"
-    history: list[dict[str, str]] = []
-    extras: dict[str, Any] = {"source": "prefeval", "form": form, "topic": topic, "index": index}
-    if form == "implicit-choice":
-        history = _choice_history(record, where)
-        if isinstance(record.get("aligned_op"), str):
-            extras["aligned_option"] = record["aligned_op"]
-    elif form == "implicit-persona":
-        history = _persona_history(record, where)
-        if isinstance(record.get("persona"), str):
-            extras["persona"] = record["persona"]
+    extras: dict[str, Any] = {"source": "prefeval", "form": form, "topic": record.topic, "index": record.index}
+    if isinstance(record, ChoiceRecord):
+        c = record.conversation
+        history = [{"role": "user", "content": c.query}, {"role": "assistant", "content": c.assistant_options},
+                   {"role": "user", "content": c.user_selection}]
+        if c.assistant_acknowledgment.strip():
+            history.append({"role": "assistant", "content": c.assistant_acknowledgment})
+        extras["aligned_option"] = record.aligned_op
+    elif isinstance(record, PersonaRecord):
+        for turn in record.turns:
+            history.append({"role": "user", "content": turn.user})
+            if turn.assistant.strip():
+                history.append({"role": "assistant", "content": turn.assistant})
+        if record.persona:
+            extras["persona"] = record.persona
     return AlignmentItem(
-        id=f"prefeval/{form}/{topic}/{index}", domain=topic, preference=record["preference"].strip(),
-        query=record["question"].strip(), history=history, notes=(record.get("explanation") or None), **extras,
+        id=f"prefeval/{form}/{record.topic}/{record.index}", domain=record.topic, preference=record.preference.strip(),
+        query=record.question.strip(), history=history, notes=record.explanation.strip() or None, **extras,
     )
 
 
@@ -132,9 +75,7 @@ def import_prefeval(
     long (small models and CPUs). Items come interleaved - topic by topic, form by form - so the first
     N of the list already cover many topics and every form.
     """
-    for form in forms:
-        if form not in FORMS:
-            raise CdraError(f"unknown PrefEval form {form!r}: use {', '.join(FORMS)}")
+    forms = [canonical_form(f) for f in forms]
     available = list_topics(root)
     chosen = list(topics) if topics else available
     unknown = sorted(set(chosen) - set(available))
@@ -146,8 +87,7 @@ def import_prefeval(
         for form in forms:
             if not (Path(root) / FORMS[form] / f"{topic}.json").is_file():
                 continue
-            records = load_records(root, form, topic)
-            items = [to_item(r, form, topic, i) for i, r in enumerate(records)]
+            items = [to_item(r, form) for r in load_prefeval(root, form, topic)]
             if max_history_chars is not None:
                 items = [it for it in items if sum(len(m["content"]) for m in it.history) <= max_history_chars]
             k = per_topic.get(form) if isinstance(per_topic, dict) else per_topic

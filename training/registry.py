@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -126,10 +127,38 @@ class ModelRegistry:
         return self.get(role, version) if version else None
 
     def promote(self, role: str, version: str) -> None:
-        self.get(role, version)  # must exist
+        self.promote_many({role: version})
+
+    def promote_many(self, versions: dict[str, str]) -> None:
+        """Serve several roles' versions at once (one atomic write: a PRM and the policy it trained)."""
+        for role, version in versions.items():
+            self.get(role, version)  # must exist
         mapping = self.serving_map()
-        mapping[role] = version
+        mapping.update(versions)
         write_json_atomic(self._serving_file, mapping)
+
+    def publish(self, role: str, artifact_dir: Path, *, is_adapter: bool, base: str = "default",
+                parent: str | None = None, metrics: dict | None = None, data: dict | None = None,
+                config: dict | None = None) -> RegisteredModel:
+        """Make a trained artifact a new version: copy an adapter (small), move full weights (large).
+
+        The manifest is written last, so a crash leaves at most an invisible unfinished directory.
+        """
+        artifact_dir = Path(artifact_dir)
+        marker = "adapter_config.json" if is_adapter else "config.json"
+        if not (artifact_dir / marker).is_file():
+            raise FileNotFoundError(f"{artifact_dir} holds no trained {'adapter' if is_adapter else 'model'} ({marker} missing)")
+        version, path = self.new_version_dir(role)
+        name = "adapter" if is_adapter else "model"
+        if is_adapter:
+            shutil.copytree(artifact_dir, path / name)
+        else:
+            shutil.move(str(artifact_dir), str(path / name))
+        return self.register(RegisteredModel(
+            role=role, version=version, path=path, base=base, adapter=name if is_adapter else None,
+            weights=None if is_adapter else name, parent=parent, metrics=metrics or {}, data=data or {},
+            config=config or {},
+        ))
 
     def latest(self, role: str) -> RegisteredModel | None:
         found = self.versions(role)

@@ -173,11 +173,12 @@ def _bench_llamacpp(gguf: Path, new_tokens: int, repeats: int) -> dict[str, floa
 
 
 def report_table(report: BenchReport):
-    """The report as a rich table: ours, the reference, and ours / reference (higher is better)."""
+    """The report as a rich table: ours, the reference, and the ratio (higher is better for us)."""
     from rich.table import Table
 
-    table = Table("measure", "ours", "llama.cpp", "ratio (ours/llama.cpp, load: theirs/ours)",
-                  title=f"cdra bench generate — {report.engine}", caption=report.reference or None)
+    table = Table("measure", "ours", "llama.cpp", "ratio", title=f"cdra bench generate: {report.engine}",
+                  caption=(report.reference + "; " if report.reference else "")
+                  + "ratio = ours / llama.cpp for tokens/s, llama.cpp / ours for load time (higher is better)")
     for row in report.rows:
         table.add_row(row.measure, row.ours, row.reference, row.ratio)
     return table

@@ -62,6 +62,16 @@ def _load(spec: ModelSpec, models_dir: Path, version: str | None) -> Engine:
     raise EngineError(f"unknown backend {spec.backend!r}")
 
 
+def evict(spec: ModelSpec, models_dir: Path) -> bool:
+    """Drop one cached engine, e.g. a policy version that is no longer served.
+
+    The engine is not closed: a call already running on it keeps its reference and finishes, and
+    the weights are freed with the last reference.
+    """
+    with _cache_lock:
+        return _cache.pop(_key(spec, Path(models_dir)), None) is not None
+
+
 def clear_cache() -> None:
     with _cache_lock:
         for engine in _cache.values():

@@ -100,3 +100,61 @@ def test_cli_report_from_the_session_log(settings, tmp_path, monkeypatch):
     assert (out / "aloe.png").is_file()
     result = runner.invoke(app, ["eval", "aloe-report", "--out", str(out), "--include-unfinished"], env=env)
     assert "policy-0002" in result.output
+
+
+def _answer(log, user: str, session_id: str, k: int, version: str = "policy-0001") -> str:
+    from memory.session_log import TurnRecord
+
+    return log.log_turn(TurnRecord(user_id=user, session_id=session_id, mode="aloe", query=f"q{k}", answer=f"a{k}",
+                                   model_versions={"policy": version}))
+
+
+def test_aloe_session_gating_pause_resume_and_finish(tmp_path):
+    """Rating before the next turn, pause/resume, the 10th rating finishing the session, other users locked out."""
+    from app.aloe import ALOE_TURNS, AloeSessions, Persona, memory_scope, ratings_from_log
+    from memory.session_log import SessionLog
+
+    log = SessionLog(tmp_path / "log.sqlite3")
+    sessions = AloeSessions(log)
+    persona = Persona(id="p1", profile="A night-shift nurse", hidden_preferences=["vegetarian"], opening="Hi")
+    st = sessions.start("eve", persona)
+    assert st.can_send and st.k == 0 and st.model_label == "serving policy"
+    with pytest.raises(CdraError, match="no answer waiting"):
+        sessions.rate("eve", st.session_id, 3)
+    _answer(log, "eve", st.session_id, 1)
+    st = sessions.state("eve", st.session_id)
+    assert not st.can_send and st.awaiting_rating.k == 1
+    with pytest.raises(CdraError, match="rate the last answer"):
+        sessions.set_status("eve", st.session_id, "finished")
+    st = sessions.rate("eve", st.session_id, 4)
+    assert st.can_send and st.turns[0].rating == 4
+    assert sessions.set_status("eve", st.session_id, "paused").can_send is False
+    assert [s["session_id"] for s in sessions.resumable("eve")] == [st.session_id]
+    assert sessions.resumable("mallory") == []
+    with pytest.raises(CdraError):
+        sessions.state("mallory", st.session_id)
+    st = sessions.set_status("eve", st.session_id, "active")
+    for k in range(2, ALOE_TURNS + 1):
+        _answer(log, "eve", st.session_id, k)
+        st = sessions.rate("eve", st.session_id, 5)
+    assert st.status == "finished" and not st.can_send and sessions.resumable("eve") == []
+    ratings = ratings_from_log(log)
+    assert [r.turn for r in ratings] == list(range(1, 11)) and ratings[0].rating == 4
+    assert memory_scope("eve", st.session_id).startswith("eve__aloe__")
+
+
+def test_blind_ab_balances_arms_and_hides_the_version(tmp_path):
+    from app.aloe import AloeSessions, Persona
+    from memory.session_log import SessionLog
+
+    log = SessionLog(tmp_path / "log.sqlite3")
+    sessions = AloeSessions(log)
+    persona = Persona(id="p1", profile="A retired teacher")
+    with pytest.raises(CdraError, match="two different"):
+        sessions.start("eve", persona, "policy-0001", "policy-0001", blind=True)
+    first = sessions.start("eve", persona, "policy-0001", "policy-0002", blind=True)
+    second = sessions.start("eve", persona, "policy-0001", "policy-0002", blind=True)
+    assert {first.arm, second.arm} == {"A", "B"}  # the second session gets the other arm
+    assert first.model_label.startswith("Model ") and "policy" not in first.model_label
+    versions = {first.arm: first.policy_version, second.arm: second.policy_version}
+    assert versions == {"A": "policy-0001", "B": "policy-0002"}

@@ -126,10 +126,21 @@ def choose(page, dropdown: str, text: str) -> None:
 
 
 def test_two_users_chat_memory_aloe_and_log(server, browser, artifacts_dir):
-    from memory.session_log import SessionLog, default_log_path
-
     started = time.time()
     alice_ctx, page = sign_in(browser, server["url"], "alice")
+    try:
+        flow(server, browser, artifacts_dir, page)
+    except BaseException:
+        page.screenshot(path=str(artifacts_dir / "browser-failure.png"), full_page=True)
+        print(server["log"].read_text()[-4000:])
+        raise
+    finally:
+        alice_ctx.close()
+    print(f"browser flow took {time.time() - started:.1f} s")
+
+
+def flow(server, browser, artifacts_dir, page) -> None:
+    from memory.session_log import SessionLog, default_log_path
 
     # -- chat: two streamed turns, each with its reasoning folded under the answer ------------------------
     first = chat(page, "I'm allergic to cats. Suggest a weekend activity.", 1)
@@ -145,7 +156,10 @@ def test_two_users_chat_memory_aloe_and_log(server, browser, artifacts_dir):
     steps_shown = [folds.nth(i).locator("li").count() for i in range(2)]
     page.locator("#chatbot .message.bot").first.hover()
     page.locator("#chatbot button[aria-label='Like']").first.click()
-    page.wait_for_function("() => document.querySelector('#turn-status').innerText.includes('thanks')")
+    page.wait_for_function("() => document.querySelector('#turn-status').innerText.includes('Thanks')")
+    page.fill("#correction textarea", "I'd rather have ideas for indoors.")
+    page.locator("#send-correction").click()
+    page.wait_for_function("() => document.querySelector('#turn-status').innerText.includes('Correction saved')")
     page.screenshot(path=str(artifacts_dir / "chat.png"), full_page=True)
 
     # -- memory panel: the statement is there with its evidence; delete it -----------------------------------
@@ -194,6 +208,7 @@ def test_two_users_chat_memory_aloe_and_log(server, browser, artifacts_dir):
     assert [t["status"] for t in chat_turns] == ["ok", "ok"]
     assert [len(t["reasoning_steps"]) for t in chat_turns] == steps_shown
     assert chat_turns[0]["feedback"] == "up" and chat_turns[1]["feedback"] is None
+    assert chat_turns[1]["correction"] == "I'd rather have ideas for indoors."
     assert any("cats" in p.lower() for p in chat_turns[1]["retrieved_preferences"])
     assert all(t["model_versions"]["policy"].startswith("default:") and t["latency_ms"]["generation"] > 0
                for t in chat_turns)
@@ -203,10 +218,8 @@ def test_two_users_chat_memory_aloe_and_log(server, browser, artifacts_dir):
     assert [t["rating"] for t in rated] == [4, 5] and all(t["persona"]["id"] == "runner" for t in rated)
     assert log.turns(user_id="bob") == [] and log.sessions(user_id="bob") == []
     log.close()
-    alice_ctx.close()
 
     shots = REPO / "docs" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     for name in ("chat.png", "aloe.png"):
         shutil.copyfile(artifacts_dir / name, shots / name)
-    print(f"browser flow took {time.time() - started:.1f} s")

@@ -11,7 +11,8 @@ import pytest
 
 from alignment.errors import CdraError, FormatError
 from alignment.methods import read_alignment_testset, write_jsonl_atomic
-from training.prefeval_alignment import FORMS, import_prefeval, item_record, list_topics, load_records
+from training.prefeval import FORMS, load_prefeval
+from training.prefeval_alignment import import_prefeval, item_record, list_topics
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_every_record_of_every_topic_and_form_imports(prefeval_root):
     topics = list_topics(prefeval_root)
     assert len(topics) >= 12
     items = import_prefeval(prefeval_root)
-    expected = sum(len(load_records(prefeval_root, f, t)) for f in FORMS for t in topics)
+    expected = sum(len(load_prefeval(prefeval_root, f, t)) for f in FORMS for t in topics)
     assert len(items) == expected
     assert len({it.id for it in items}) == len(items)
     by_form = {f: [it for it in items if it.extras["form"] == f] for f in FORMS}
@@ -102,7 +103,7 @@ def test_bad_input_fails_with_file_and_record(prefeval_root, tmp_path):
     records = json.loads(bad.read_text())
     del records[3]["question"]
     bad.write_text(json.dumps(records))
-    with pytest.raises(FormatError, match=r"shop_home\.json\[3\]: missing 'question'"):
+    with pytest.raises(FormatError, match=r"shop_home\.json\[3\]: question"):
         import_prefeval(root, forms=["explicit"])
     bad.write_text('[{"preference": "x",\n "question": }]')
     with pytest.raises(FormatError, match=r"shop_home\.json:2: not valid JSON"):
