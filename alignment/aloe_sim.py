@@ -180,9 +180,8 @@ def simulate(
         replies = [visible_reply(a.text) if a.text is not None else "" for a in answers]
         requests = [
             aloe_turn_request(profile=p.profile, personality=p.personality, hidden_preferences=p.hidden_preferences,
-                              history=h, message=m, response=r,
-                              meta={"item_id": p.id, "method": method, "turn": turn})
-            for p, h, m, r in zip(personas, histories, messages, replies)
+                              message=m, response=r, meta={"item_id": p.id, "method": method, "turn": turn})
+            for p, m, r in zip(personas, messages, replies)
         ]
         judgments = judge.run(requests)
         for i, persona in enumerate(personas):

@@ -35,7 +35,7 @@ def bench_requests(testset: Path, n: int) -> list[JudgeRequest]:
         item = items[i % len(items)]
         reply = item.notes or f"Here are some ideas for: {item.query}"
         requests.append(rubric_request(rubrics[i % len(rubrics)], preference=item.preference, query=item.query,
-                                       response=reply, history=item.history[-4:], notes=None, meta={"i": i}))
+                                       response=reply, meta={"i": i}))
     return requests
 
 

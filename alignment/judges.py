@@ -3,16 +3,18 @@
 A judgment's verdict comes from the judge's JSON reply (``{"rationale": ..., "verdict": "yes"}``), parsed
 strictly: anything else is an unparseable verdict that is counted and reported, never guessed. On local
 engines the verdict is read from the judge's probabilities of each option right after its own rationale
-(``Engine.score`` on ``{"rationale": "...", "verdict": "yes`` vs ``..."no``), which a 135M judge gives
-reliably even when its JSON is broken; both readings are stored. Judgments are cached in SQLite
+(``{"rationale": "...", "verdict": "yes`` vs ``..."no``: one forward pass on a local transformers model,
+``Engine.score`` otherwise), which a 135M judge gives reliably even when its JSON is broken; both are stored. Judgments are cached in SQLite
 (``EvalCache``) per (judge, rubric, rendered prompt), so an interrupted run resumes and a re-run is free.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import sqlite3
@@ -26,7 +28,7 @@ from typing import Any, Literal
 from alignment.engines.base import Engine, EngineError, Message, PromptTooLongError, SamplingParams
 from alignment.errors import CdraError
 from alignment.prompts import render
-from alignment.prompts.judge import ALOE_TURN, NO_NOTES, PAIRWISE, YES_NO_RUBRICS, format_history
+from alignment.prompts.judge import ALOE_TURN, NO_NOTES, PAIRWISE, YES_NO_RUBRICS
 
 Kind = Literal["yesno", "pair", "rating"]
 OPTIONS: dict[str, tuple[str, ...]] = {"yesno": ("yes", "no"), "pair": ("A", "B"), "rating": ("1", "2", "3", "4", "5")}
@@ -132,14 +134,14 @@ class Judgment:
         return judgment
 
 
-def rubric_request(rubric: str, *, preference: str, query: str, response: str, history: Sequence[Message] = (),
-                   notes: str | None = None, meta: dict | None = None) -> JudgeRequest:
-    """A yes/no rubric (alignment/prompts/judge.py) applied to one response."""
+def rubric_request(rubric: str, *, preference: str, query: str, response: str, notes: str | None = None,
+                   meta: dict | None = None) -> JudgeRequest:
+    """A yes/no rubric (alignment/prompts/judge.py) applied to one response; the judge sees the gold preference."""
     if rubric not in YES_NO_RUBRICS:
         raise CdraError(f"unknown rubric {rubric!r}; known: {', '.join(YES_NO_RUBRICS)}")
     messages = render(
         YES_NO_RUBRICS[rubric], preference=preference or "(none stated)", query=query,
-        history=format_history(list(history)), notes=notes or NO_NOTES, response=response or "(empty reply)",
+        notes=notes or NO_NOTES, response=response or "(empty reply)",
     )
     return JudgeRequest(rubric, "yesno", tuple(messages), dict(meta or {}))
 
@@ -178,13 +180,13 @@ def pairwise_outcome(judgments: Sequence[Judgment]) -> tuple[str | None, float |
     return votes[0], p_x
 
 
-def aloe_turn_request(*, profile: str, personality: str, hidden_preferences: Sequence[str],
-                      history: Sequence[Message], message: str, response: str, meta: dict | None = None) -> JudgeRequest:
-    """ALOE's per-turn rating: a judge that knows the person rates the reply 1-5."""
+def aloe_turn_request(*, profile: str, personality: str, hidden_preferences: Sequence[str], message: str,
+                      response: str, meta: dict | None = None) -> JudgeRequest:
+    """ALOE's per-turn rating: a judge that knows the person rates the reply to their latest message 1-5."""
     messages = render(
         ALOE_TURN, profile=profile, personality=personality or "(not given)",
-        hidden_preferences="; ".join(hidden_preferences) or "(none listed)",
-        history=format_history(list(history), max_chars=3000), message=message, response=response or "(empty reply)",
+        hidden_preferences="; ".join(hidden_preferences) or "(none listed)", message=message,
+        response=response or "(empty reply)",
     )
     return JudgeRequest("aloe_turn", "rating", tuple(messages), dict(meta or {}))
 
@@ -406,23 +408,47 @@ class Judge:
         )
 
     def _add_probabilities(self, pairs: Sequence[tuple[JudgeRequest, Judgment]]) -> None:
-        """Score every option after each judgment's rationale, in one batched ``Engine.score`` call
-        (one call per judgment only if some prompt plus rationale is too long; that one keeps its JSON verdict)."""
+        """Each option's probability right after each judgment's rationale.
+
+        A local transformers judge reads all options from one forward pass per judgment (the next-token
+        distribution at the verdict position, ``next_token_logprobs``); any other engine scores every
+        option's full text with ``Engine.score``. Both give log p(prefix + option), up to the shared prefix.
+        A judgment whose prompt plus rationale no longer fits the context keeps its JSON verdict.
+        """
         if not pairs:
             return
+        plans = [decision_point(self.engine, r.messages, verdict_prefix(j.rationale, r.kind), OPTIONS[r.kind])
+                 for r, j in pairs]
+        fast = [(pair, plan) for pair, plan in zip(pairs, plans) if plan is not None]
+        slow = [pair for pair, plan in zip(pairs, plans) if plan is None]
+        if fast:
+            window = self.engine.context_window or 10**9
+            fits = [(pair, plan) for pair, plan in fast if len(plan[0]) <= window]
+            for pair, plan in fast:
+                if len(plan[0]) > window:
+                    pair[1].error = f"probability reading skipped: {len(plan[0])} tokens exceed the context window"
+            self.stats.score_calls += 1
+            logps = next_token_logprobs(self.engine, [plan[0] for _, plan in fits], [plan[1] for _, plan in fits])
+            self.stats.scored += len(fits)
+            for (pair, _), row in zip(fits, logps):
+                self._apply(pair, row)
+        if slow:
+            self._add_scored(slow)
+
+    def _add_scored(self, pairs: Sequence[tuple[JudgeRequest, Judgment]]) -> None:
         try:
             scored = self._score(pairs)
         except PromptTooLongError:
             for pair in pairs:
                 try:
-                    self._apply(pair, self._score([pair]))
+                    self._apply(pair, [s.logprob for s in self._score([pair])])
                 except PromptTooLongError as exc:
                     pair[1].error = f"probability reading skipped: {exc}"
             return
         start = 0
         for pair in pairs:
             n = len(OPTIONS[pair[0].kind])
-            self._apply(pair, scored[start : start + n])
+            self._apply(pair, [s.logprob for s in scored[start : start + n]])
             start += n
 
     def _score(self, pairs: Sequence[tuple[JudgeRequest, Judgment]]) -> list:
@@ -444,14 +470,59 @@ class Judge:
         return scored
 
     @staticmethod
-    def _apply(pair: tuple[JudgeRequest, Judgment], scored: Sequence) -> None:
+    def _apply(pair: tuple[JudgeRequest, Judgment], logprobs: Sequence[float]) -> None:
         request, judgment = pair
         options = OPTIONS[request.kind]
-        probs = softmax([s.logprob for s in scored])
+        probs = softmax(list(logprobs))
         judgment.probabilities = dict(zip(options, probs))
         best = options[max(range(len(options)), key=lambda k: probs[k])]
         judgment.verdict = {"yesno": best == "yes", "pair": best, "rating": int(best) if best.isdigit() else best}[request.kind]
         judgment.source = "logprobs"
+
+
+# -- one forward pass per judgment on a local model ------------------------------------------------
+
+
+def is_local_transformers(engine: Engine) -> bool:
+    """An in-process model whose logits we can read: the engine exposes model, tokenizer and token ids."""
+    return all(hasattr(engine, a) for a in ("model", "tokenizer", "prompt_ids", "continuation_ids")) \
+        and getattr(engine, "model", None) is not None
+
+
+def decision_point(engine: Engine, messages: Sequence[Message], prefix: str,
+                   options: Sequence[str]) -> tuple[list[int], list[int]] | None:
+    """Token ids up to where the options diverge, and each option's single token there; None when the
+    engine is not a local transformers model or an option needs more than one token after that point."""
+    if not is_local_transformers(engine):
+        return None
+    fulls = [engine.continuation_ids(prefix + option) for option in options]  # type: ignore[attr-defined]
+    common = os.path.commonprefix(fulls)
+    if any(len(f) != len(common) + 1 for f in fulls) or len({f[-1] for f in fulls}) != len(fulls):
+        return None
+    return engine.prompt_ids(list(messages)) + list(common), [f[-1] for f in fulls]  # type: ignore[attr-defined]
+
+
+def next_token_logprobs(engine: Engine, rows: Sequence[list[int]], targets: Sequence[list[int]],
+                        batch_size: int = 8) -> list[list[float]]:
+    """log p(target token | row) for each row's targets, one left-padded forward pass per batch that keeps
+    only the last position's logits (so memory does not grow with the prompt)."""
+    import torch
+
+    model, pad = engine.model, engine.tokenizer.pad_token_id  # type: ignore[attr-defined]
+    device = next(model.parameters()).device
+    out: list[list[float]] = []
+    with getattr(engine, "_lock", contextlib.nullcontext()), torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            width = max(len(r) for r in chunk)
+            ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+            logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
+            for i, tokens in enumerate(targets[start : start + batch_size]):
+                out.append([float(logp[i, t]) for t in tokens])
+    return out
 
 
 def verdict_prefix(rationale: str, kind: Kind) -> str:

@@ -25,8 +25,10 @@ def persona_card(persona: Persona) -> str:
     if persona.personality:
         parts.append(f"**Personality:** {persona.personality}")
     if persona.hidden_preferences:
-        parts.append("**Hidden preferences** (never state them outright; rate how well the assistant finds them):\n"
-                     + "\n".join(f"- {p}" for p in persona.hidden_preferences))
+        parts.append(
+            "**Hidden preferences** (never state them outright; rate how well the assistant finds them):\n"
+            + "\n".join(f"- {p}" for p in persona.hidden_preferences)
+        )
     if persona.opening:
         parts.append(f"**Opening message:** {persona.opening}")
     return "\n\n".join(parts)
@@ -37,9 +39,14 @@ def typed_persona(profile: str, personality: str = "", hidden: str = "", opening
     if not profile.strip():
         raise CdraError("describe the persona's profile first (who they are)")
     prefs = [p.strip(" -•\t") for p in hidden.splitlines() if p.strip(" -•\t")]
-    digest = hashlib.sha1("\x1f".join((profile, personality, hidden)).encode()).hexdigest()[:8]
-    return Persona(id=f"typed-{digest}", profile=profile.strip(),
-                   personality=personality.strip(), hidden_preferences=prefs, opening=opening.strip())
+    digest = hashlib.sha1(f"{profile}\x1f{personality}\x1f{hidden}".encode()).hexdigest()[:8]
+    return Persona(
+        id=f"typed-{digest}",
+        profile=profile.strip(),
+        personality=personality.strip(),
+        hidden_preferences=prefs,
+        opening=opening.strip(),
+    )
 
 
 @dataclass
@@ -96,8 +103,14 @@ class AloeSessions:
         self.log = log
         self.rng = rng or random.Random()
 
-    def start(self, user_id: str, persona: Persona, version_a: str | None = None, version_b: str | None = None,
-              blind: bool = False) -> AloeState:
+    def start(
+        self,
+        user_id: str,
+        persona: Persona,
+        version_a: str | None = None,
+        version_b: str | None = None,
+        blind: bool = False,
+    ) -> AloeState:
         """New session. With two versions and ``blind``, the arm with fewer of this evaluator's sessions
         on this persona is assigned (ties at random), and the UI shows only "Model A/B"."""
         arm, version = "", version_a
@@ -108,10 +121,22 @@ class AloeSessions:
             for s in self.log.sessions(user_id=user_id, mode="aloe"):
                 if s["meta"].get("persona", {}).get("id") == persona.id and s["meta"].get("arm") in counts:
                     counts[s["meta"]["arm"]] += 1
-            arm = "A" if counts["A"] < counts["B"] else "B" if counts["B"] < counts["A"] else self.rng.choice("AB")
+            arm = (
+                "A"
+                if counts["A"] < counts["B"]
+                else "B"
+                if counts["B"] < counts["A"]
+                else self.rng.choice("AB")
+            )
             version = version_a if arm == "A" else version_b
-        meta = {"persona": persona.model_dump(), "policy_version": version, "arm": arm, "blind": blind,
-                "versions": {"A": version_a, "B": version_b} if blind else {}, "k_max": ALOE_TURNS}
+        meta = {
+            "persona": persona.model_dump(),
+            "policy_version": version,
+            "arm": arm,
+            "blind": blind,
+            "versions": {"A": version_a, "B": version_b} if blind else {},
+            "k_max": ALOE_TURNS,
+        }
         session_id = self.log.start_session(user_id, "aloe", meta)
         return self.state(user_id, session_id)
 
@@ -120,10 +145,19 @@ class AloeSessions:
         if session is None or session["mode"] != "aloe":
             raise CdraError("no such ALOE session for you")
         meta = session["meta"]
-        turns = [AloeTurn(t["turn_id"], i, t["query"], t["answer"], t["rating"], t["reasoning_steps"])
-                 for i, t in enumerate(self.log.turns(user_id=user_id, session_id=session_id, status="ok"), 1)]
-        return AloeState(session_id, session["status"], Persona.model_validate(meta["persona"]), meta.get("arm", ""),
-                         bool(meta.get("blind")), meta.get("policy_version"), turns)
+        turns = [
+            AloeTurn(t["turn_id"], i, t["query"], t["answer"], t["rating"], t["reasoning_steps"])
+            for i, t in enumerate(self.log.turns(user_id=user_id, session_id=session_id, status="ok"), 1)
+        ]
+        return AloeState(
+            session_id,
+            session["status"],
+            Persona.model_validate(meta["persona"]),
+            meta.get("arm", ""),
+            bool(meta.get("blind")),
+            meta.get("policy_version"),
+            turns,
+        )
 
     def rate(self, user_id: str, session_id: str, rating: int) -> AloeState:
         """Rate the latest unrated turn; the 10th rating finishes the session."""
@@ -170,6 +204,8 @@ def ratings_from_log(log: SessionLog, include_unfinished: bool = False) -> list[
         for k, turn in enumerate(turns[:ALOE_TURNS], 1):
             if turn["rating"] is None:
                 continue
-            version = turn["model_versions"].get("policy") or session["meta"].get("policy_version") or "unknown"
+            version = (
+                turn["model_versions"].get("policy") or session["meta"].get("policy_version") or "unknown"
+            )
             ratings.append(AloeRating(session["session_id"], version, k, int(turn["rating"]), "human"))
     return ratings

@@ -33,9 +33,13 @@ class AloeRating:
 
     def __post_init__(self) -> None:
         if isinstance(self.turn, bool) or not isinstance(self.turn, int) or not 1 <= self.turn <= MAX_TURNS:
-            raise CdraError(f"ALOE turn must be 1..{MAX_TURNS}, not {self.turn!r} (session {self.session_id})")
+            raise CdraError(
+                f"ALOE turn must be 1..{MAX_TURNS}, not {self.turn!r} (session {self.session_id})"
+            )
         if isinstance(self.rating, bool) or not isinstance(self.rating, int) or not 1 <= self.rating <= 5:
-            raise CdraError(f"ALOE rating must be a whole number 1..5, not {self.rating!r} (session {self.session_id})")
+            raise CdraError(
+                f"ALOE rating must be a whole number 1..5, not {self.rating!r} (session {self.session_id})"
+            )
         if self.source not in ("human", "simulated"):
             raise CdraError(f"ALOE rating source must be human or simulated, not {self.source!r}")
 
@@ -74,19 +78,23 @@ def aloe_table(ratings: Iterable[AloeRating]) -> list[AloeRow]:
         by_turn: dict[int, list[int]] = defaultdict(list)
         for r in items:
             by_turn[r.turn].append(r.rating)
-        per_turn = [round(sum(v) / len(v), 4) if (v := by_turn.get(k)) else None for k in range(1, MAX_TURNS + 1)]
+        per_turn = [
+            round(sum(v) / len(v), 4) if (v := by_turn.get(k)) else None for k in range(1, MAX_TURNS + 1)
+        ]
         present = [m for m in per_turn if m is not None]
         all_ratings = [r.rating for r in items]
-        rows.append(AloeRow(
-            policy_version=version,
-            source=source,
-            sessions=len({r.session_id for r in items}),
-            per_turn=per_turn,
-            counts=[len(by_turn.get(k, [])) for k in range(1, MAX_TURNS + 1)],
-            average=round(sum(present) / len(present), 4),
-            overall=round(sum(all_ratings) / len(all_ratings), 4),
-            label=version if len(sources) == 1 else f"{version} ({source})",
-        ))
+        rows.append(
+            AloeRow(
+                policy_version=version,
+                source=source,
+                sessions=len({r.session_id for r in items}),
+                per_turn=per_turn,
+                counts=[len(by_turn.get(k, [])) for k in range(1, MAX_TURNS + 1)],
+                average=round(sum(present) / len(present), 4),
+                overall=round(sum(all_ratings) / len(all_ratings), 4),
+                label=version if len(sources) == 1 else f"{version} ({source})",
+            )
+        )
     return rows
 
 
@@ -106,12 +114,29 @@ def to_markdown(rows: Sequence[AloeRow]) -> str:
 def to_csv(rows: Sequence[AloeRow]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["policy_version", "source", "sessions", *[f"k{k}" for k in range(1, MAX_TURNS + 1)],
-                     *[f"n_k{k}" for k in range(1, MAX_TURNS + 1)], "average", "overall"])
+    writer.writerow(
+        [
+            "policy_version",
+            "source",
+            "sessions",
+            *[f"k{k}" for k in range(1, MAX_TURNS + 1)],
+            *[f"n_k{k}" for k in range(1, MAX_TURNS + 1)],
+            "average",
+            "overall",
+        ]
+    )
     for row in rows:
-        writer.writerow([row.policy_version, row.source, row.sessions,
-                         *["" if m is None else f"{m:.4f}" for m in row.per_turn], *row.counts,
-                         f"{row.average:.4f}", f"{row.overall:.4f}"])
+        writer.writerow(
+            [
+                row.policy_version,
+                row.source,
+                row.sessions,
+                *["" if m is None else f"{m:.4f}" for m in row.per_turn],
+                *row.counts,
+                f"{row.average:.4f}",
+                f"{row.overall:.4f}",
+            ]
+        )
     return buf.getvalue()
 
 
@@ -137,8 +162,19 @@ def plot(rows: Sequence[AloeRow], path: Path) -> None:
     ks = list(range(1, MAX_TURNS + 1))
     for row in rows:
         points = [(k, m) for k, m in zip(ks, row.per_turn) if m is not None]
-        ax.plot([k for k, _ in points], [m for _, m in points], marker="o", label=f"{row.label} (avg {row.average:.2f})")
-    ax.set(xlabel="turn k", ylabel="mean alignment (1-5)", title="ALOE multi-turn alignment", xticks=ks, ylim=(1, 5))
+        ax.plot(
+            [k for k, _ in points],
+            [m for _, m in points],
+            marker="o",
+            label=f"{row.label} (avg {row.average:.2f})",
+        )
+    ax.set(
+        xlabel="turn k",
+        ylabel="mean alignment (1-5)",
+        title="ALOE multi-turn alignment",
+        xticks=ks,
+        ylim=(1, 5),
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -161,15 +197,21 @@ def write_aloe_report(ratings: Iterable[AloeRating], out_dir: str | Path, stem: 
     """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` into ``out_dir`` (atomically) and return them."""
     ratings = list(ratings)
     if not ratings:
-        raise CdraError("no ALOE ratings to report: rate the turns of an ALOE session in the app's ALOE tab "
-                        "(or run the simulated ALOE evaluation) first")
+        raise CdraError(
+            "no ALOE ratings to report: rate the turns of an ALOE session in the app's ALOE tab "
+            "(or run the simulated ALOE evaluation) first"
+        )
     rows = aloe_table(ratings)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(rows)
     md_path, csv_path, png_path = out / f"{stem}.md", out / f"{stem}.csv", out / f"{stem}.png"
-    _atomic_write(md_path, lambda tmp: Path(tmp).write_text(
-        "# ALOE multi-turn alignment (mean rating 1-5 at turn k)\n\n" + markdown, encoding="utf-8"))
+    _atomic_write(
+        md_path,
+        lambda tmp: Path(tmp).write_text(
+            "# ALOE multi-turn alignment (mean rating 1-5 at turn k)\n\n" + markdown, encoding="utf-8"
+        ),
+    )
     _atomic_write(csv_path, lambda tmp: Path(tmp).write_text(to_csv(rows), encoding="utf-8"))
     plot(rows, png_path)
     return AloeReport(rows, markdown, md_path, csv_path, png_path)

@@ -53,19 +53,24 @@ def clean_message(text: object, max_chars: int) -> str:
     if not isinstance(text, str):
         raise MessageError("the message must be text")
     if "\x00" in text or text.count("\ufffd") > max(3, len(text) // 20):
-        unprintable = sum(1 for c in text if c == "\ufffd" or (unicodedata.category(c) == "Cc" and c not in "\n\t\r"))
+        unprintable = sum(
+            1 for c in text if c == "\ufffd" or (unicodedata.category(c) == "Cc" and c not in "\n\t\r")
+        )
         if unprintable > max(3, len(text) // 10):
             raise MessageError("the message looks like binary data, not text: paste text instead")
     cleaned = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
     if not cleaned:
         raise MessageError("the message is empty: write something first")
     if len(cleaned) > max_chars:
-        raise MessageError(f"the message has {len(cleaned):,} characters; the limit is {max_chars:,} "
-                           "(chat.max_message_chars): shorten it or send it in parts")
+        raise MessageError(
+            f"the message has {len(cleaned):,} characters; the limit is {max_chars:,} "
+            "(chat.max_message_chars): shorten it or send it in parts"
+        )
     return cleaned
 
 
 # -- results ------------------------------------------------------------------------------------------
+
 
 @dataclass
 class RetrievedPreference:
@@ -126,6 +131,7 @@ class AssistantConfig:
 
 # -- wiring: memory, log, engines -------------------------------------------------------------------------
 
+
 def open_log(settings: Settings) -> SessionLog:
     return SessionLog(default_log_path(settings.logs_dir))
 
@@ -159,7 +165,11 @@ def policy_versions(settings: Settings) -> list[str]:
     """Versions an evaluator can pick: ``serving`` (what the app serves now), ``default``, registered ones."""
     from training.registry import ModelRegistry
 
-    return ["serving", "default", *[m.version for m in ModelRegistry(settings.registry_dir).versions("policy")]]
+    return [
+        "serving",
+        "default",
+        *[m.version for m in ModelRegistry(settings.registry_dir).versions("policy")],
+    ]
 
 
 def policy_engine(settings: Settings, version: str | None = None) -> Engine:
@@ -181,12 +191,16 @@ def policy_engine(settings: Settings, version: str | None = None) -> Engine:
     elif model.base == "default":
         spec = ModelSpec(backend="default", adapter=str(model.adapter_dir) if model.adapter_dir else None)
     else:
-        spec = ModelSpec(backend="transformers", path=model.base,
-                         adapter=str(model.adapter_dir) if model.adapter_dir else None)
+        spec = ModelSpec(
+            backend="transformers",
+            path=model.base,
+            adapter=str(model.adapter_dir) if model.adapter_dir else None,
+        )
     return build_engine(spec, settings.models_dir, version=model.version)
 
 
 # -- background preference inference -------------------------------------------------------------------
+
 
 class _ChatGate:
     """Counts chat turns in flight so background inference waits for a quiet moment."""
@@ -258,7 +272,9 @@ class InferenceWorker:
     def cancel_user(self, user_id: str) -> None:
         """Cancel the user's own scope and their ALOE scopes (``user__aloe__…``; ``__`` is not in names)."""
         with self._lock:
-            scopes = {s for s in [*self._pending, *self._generation] if s == user_id or s.startswith(user_id + "__")}
+            scopes = {
+                s for s in [*self._pending, *self._generation] if s == user_id or s.startswith(user_id + "__")
+            }
         for scope in scopes | {user_id}:
             self.cancel(scope)
 
@@ -275,7 +291,7 @@ class InferenceWorker:
             for scope, signals in self._pending.items():
                 if signals:
                     batch = signals[: self.config.infer_max_signals]
-                    rest = signals[len(batch):]
+                    rest = signals[len(batch) :]
                     if rest:
                         self._pending[scope] = rest
                     else:
@@ -309,10 +325,17 @@ class InferenceWorker:
             previous = PreferenceDescription(statements=user_memory.list_preferences())
             result = self._inferrer.infer(signals, previous, suppressed=user_memory.suppressed())
             self.runs += 1
-            user_memory.record_inference({"signals": len(signals), "new_statements": len(result.new_statements),
-                                          "r_format": result.r_format, "failed": result.failed,
-                                          "wall_s": round(result.wall_s, 2), "error": result.error or ""},
-                                         raw=result.raw)
+            user_memory.record_inference(
+                {
+                    "signals": len(signals),
+                    "new_statements": len(result.new_statements),
+                    "r_format": result.r_format,
+                    "failed": result.failed,
+                    "wall_s": round(result.wall_s, 2),
+                    "error": result.error or "",
+                },
+                raw=result.raw,
+            )
             if result.failed:
                 self.failures += 1
                 self.last_error = result.error
@@ -329,11 +352,18 @@ class InferenceWorker:
 
 # -- the assistant --------------------------------------------------------------------------------------
 
+
 class Assistant:
     """One per process: shares the loaded engines, the vector memory and the session log across users."""
 
-    def __init__(self, settings: Settings, config: AssistantConfig | None = None, memory=None,
-                 session_log: SessionLog | None = None, policy: Engine | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config: AssistantConfig | None = None,
+        memory=None,
+        session_log: SessionLog | None = None,
+        policy: Engine | None = None,
+    ) -> None:
         """``policy`` pins the answering engine (default: resolved per turn, so a promotion takes effect)."""
         self.settings = settings
         self.policy = policy
@@ -343,15 +373,21 @@ class Assistant:
         self._gate = _ChatGate()
         self._inflight: set[tuple[str, str]] = set()
         self._inflight_lock = threading.Lock()
-        self.worker = (InferenceWorker(self.memory, self._make_inferrer, self._gate, self.config)
-                       if self.config.background_inference else None)
+        self.worker = (
+            InferenceWorker(self.memory, self._make_inferrer, self._gate, self.config)
+            if self.config.background_inference
+            else None
+        )
 
     def _make_inferrer(self):
         from alignment.preference_inference import InferenceConfig, PreferenceInferrer
         from app.models import engine_for
 
-        cfg = InferenceConfig(max_new_tokens=self.config.infer_max_new_tokens, max_retries=self.config.infer_retries,
-                              max_signals_per_call=self.config.infer_max_signals)
+        cfg = InferenceConfig(
+            max_new_tokens=self.config.infer_max_new_tokens,
+            max_retries=self.config.infer_retries,
+            max_signals_per_call=self.config.infer_max_signals,
+        )
         return PreferenceInferrer(engine_for(self.settings, "preference"), cfg)
 
     def close(self) -> None:
@@ -368,20 +404,36 @@ class Assistant:
     def retrieve(self, memory_user: str, query: str) -> tuple[list[RetrievedPreference], list[str]]:
         """The user's relevant preferences (for display) and the memory lines for the prompt."""
         mem = self.settings.memory
-        retrieval = self.memory.for_user(memory_user).retrieve(query, top_k=mem.top_k, token_budget=mem.token_budget)
-        shown = [RetrievedPreference(s.id, s.text, round(float(score), 3), s.confidence, s.origin)
-                 for s, score in retrieval.preferences]
+        retrieval = self.memory.for_user(memory_user).retrieve(
+            query, top_k=mem.top_k, token_budget=mem.token_budget
+        )
+        shown = [
+            RetrievedPreference(s.id, s.text, round(float(score), 3), s.confidence, s.origin)
+            for s, score in retrieval.preferences
+        ]
         return shown, list(retrieval.as_prompt_lines())
 
-    def build_prompt(self, engine: Engine, memory_lines: Sequence[str], history: Sequence[dict[str, str]],
-                     query: str, max_new_tokens: int) -> list[dict[str, str]]:
+    def build_prompt(
+        self,
+        engine: Engine,
+        memory_lines: Sequence[str],
+        history: Sequence[dict[str, str]],
+        query: str,
+        max_new_tokens: int,
+    ) -> list[dict[str, str]]:
         """POLICY_PROMPT with memory and the last turns; the oldest turns go first when the context is full."""
-        turns = [m for m in history if m.get("role") in ("user", "assistant") and str(m.get("content", "")).strip()]
-        turns = turns[-2 * self.config.history_turns:] if self.config.history_turns > 0 else []
+        turns = [
+            m for m in history if m.get("role") in ("user", "assistant") and str(m.get("content", "")).strip()
+        ]
+        turns = turns[-2 * self.config.history_turns :] if self.config.history_turns > 0 else []
         while True:
             messages = [("human" if m["role"] == "user" else "ai", str(m["content"])) for m in turns]
-            conversation = render(POLICY_PROMPT, preferences=format_preferences(list(memory_lines)),
-                                  history=messages, query=query)
+            conversation = render(
+                POLICY_PROMPT,
+                preferences=format_preferences(list(memory_lines)),
+                history=messages,
+                query=query,
+            )
             window = engine.context_window
             if window is None or not turns or engine.count_tokens(conversation) + max_new_tokens <= window:
                 return conversation
@@ -400,14 +452,25 @@ class Assistant:
             with self._inflight_lock:
                 self._inflight.discard(key)
 
-    def stream_turn(self, user_id: str, session_id: str, message: str, history: Sequence[dict[str, str]] = (),
-                    *, mode: str = "chat", policy_version: str | None = None, memory_user: str | None = None,
-                    persona: dict | None = None, meta: dict | None = None) -> Iterator[TurnEvent]:
+    def stream_turn(
+        self,
+        user_id: str,
+        session_id: str,
+        message: str,
+        history: Sequence[dict[str, str]] = (),
+        *,
+        mode: str = "chat",
+        policy_version: str | None = None,
+        memory_user: str | None = None,
+        persona: dict | None = None,
+        meta: dict | None = None,
+        params: SamplingParams | None = None,
+    ) -> Iterator[TurnEvent]:
         """Answer one message, yielding events as the answer is written; the turn is logged exactly once.
 
         Bad input raises MessageError before anything is logged; a model failure ends with an ``error``
         event (the partial answer is logged with status ``error``); a consumer that stops reading
-        (a closed tab) leaves a ``cancelled`` record.
+        (a closed tab) leaves a ``cancelled`` record. ``params`` overrides the chat settings' sampling.
         """
         chat = self.settings.chat
         query = clean_message(message, chat.max_message_chars)
@@ -420,7 +483,9 @@ class Assistant:
             yield TurnEvent("retrieved", retrieved=retrieved)
             t = time.perf_counter()
             engine = self.policy_engine(policy_version)
-            params = SamplingParams(max_new_tokens=chat.max_new_tokens, temperature=chat.temperature, top_p=chat.top_p)
+            params = params or SamplingParams(
+                max_new_tokens=chat.max_new_tokens, temperature=chat.temperature, top_p=chat.top_p
+            )
             history = list(history)
             conversation = self.build_prompt(engine, lines, history, query, params.max_new_tokens)
             timings["prompt"] = _ms(t)
@@ -441,8 +506,25 @@ class Assistant:
             except GeneratorExit:
                 status, error = "cancelled", "the reader left before the answer was finished"
                 timings["generation"] = _ms(t)
-                self._finish(user_id, session_id, turn_id, scope, mode, query, history, retrieved, raw, engine,
-                             timings, status, error, persona, meta, n_pieces, params)
+                self._finish(
+                    user_id,
+                    session_id,
+                    turn_id,
+                    scope,
+                    mode,
+                    query,
+                    history,
+                    retrieved,
+                    raw,
+                    engine,
+                    timings,
+                    status,
+                    error,
+                    persona,
+                    meta,
+                    n_pieces,
+                    params,
+                )
                 raise
             except (EngineError, CdraError) as exc:
                 status, error = "error", f"the model failed while answering: {exc}"
@@ -452,12 +534,47 @@ class Assistant:
             finally:
                 pieces.close()
             timings["generation"] = _ms(t)
-            result = self._finish(user_id, session_id, turn_id, scope, mode, query, history, retrieved, raw, engine,
-                                  timings, status, error, persona, meta, n_pieces, params)
+            result = self._finish(
+                user_id,
+                session_id,
+                turn_id,
+                scope,
+                mode,
+                query,
+                history,
+                retrieved,
+                raw,
+                engine,
+                timings,
+                status,
+                error,
+                persona,
+                meta,
+                n_pieces,
+                params,
+            )
         yield TurnEvent("done" if status == "ok" else "error", text=raw, result=result, error=error)
 
-    def _finish(self, user_id, session_id, turn_id, scope, mode, query, history, retrieved, raw, engine, timings,
-                status, error, persona, meta, n_pieces, params) -> TurnResult:
+    def _finish(
+        self,
+        user_id,
+        session_id,
+        turn_id,
+        scope,
+        mode,
+        query,
+        history,
+        retrieved,
+        raw,
+        engine,
+        timings,
+        status,
+        error,
+        persona,
+        meta,
+        n_pieces,
+        params,
+    ) -> TurnResult:
         """Log the turn, store it in conversation memory, extract explicit preferences, queue inference."""
         parsed = parse_response(raw)
         segments = parsed.segments
@@ -467,10 +584,22 @@ class Assistant:
         finish = "length" if n_pieces and _tokens(engine, raw) >= params.max_new_tokens else "stop"
         t = time.perf_counter()
         record = TurnRecord(
-            user_id=user_id, session_id=session_id, mode=mode, query=query, answer=answer, history=history,
-            retrieved_preferences=[r.text for r in retrieved], reasoning_steps=steps, raw=raw,
-            model_versions={"policy": engine.version}, latency_ms=timings, status=status, error=error,
-            persona=persona, meta={**(meta or {}), "finish": finish, "memory_scope": scope}, turn_id=turn_id,
+            user_id=user_id,
+            session_id=session_id,
+            mode=mode,
+            query=query,
+            answer=answer,
+            history=history,
+            retrieved_preferences=[r.text for r in retrieved],
+            reasoning_steps=steps,
+            raw=raw,
+            model_versions={"policy": engine.version},
+            latency_ms=timings,
+            status=status,
+            error=error,
+            persona=persona,
+            meta={**(meta or {}), "finish": finish, "memory_scope": scope},
+            turn_id=turn_id,
         )
         try:
             self.log.log_turn(record)
@@ -483,11 +612,24 @@ class Assistant:
             t = time.perf_counter()
             added = self._remember(scope, session_id, turn_id, query, answer, status)
             timings["memory_write"] = _ms(t)
-        return TurnResult(answer=answer, steps=steps, retrieved=retrieved, turn_id=turn_id, version=engine.version,
-                          session_id=session_id, raw=raw, status=status, error=error, latency_ms=timings,
-                          finish=finish, explicit_added=added)
+        return TurnResult(
+            answer=answer,
+            steps=steps,
+            retrieved=retrieved,
+            turn_id=turn_id,
+            version=engine.version,
+            session_id=session_id,
+            raw=raw,
+            status=status,
+            error=error,
+            latency_ms=timings,
+            finish=finish,
+            explicit_added=added,
+        )
 
-    def _remember(self, scope: str, session_id: str, turn_id: str, query: str, answer: str, status: str) -> list[str]:
+    def _remember(
+        self, scope: str, session_id: str, turn_id: str, query: str, answer: str, status: str
+    ) -> list[str]:
         """Explicit preferences now (the user's own words), conversation memory and inference for good turns."""
         from alignment.explicit_extraction import extract_explicit
 
@@ -507,12 +649,21 @@ class Assistant:
         return added
 
     # -- whole answers and feedback -----------------------------------------------------------------------
-    def answer(self, user_id: str, message: str, history: Sequence[dict[str, str]] = (), mode: str = "ask",
-               session_id: str | None = None, policy_version: str | None = None) -> TurnResult:
+    def answer(
+        self,
+        user_id: str,
+        message: str,
+        history: Sequence[dict[str, str]] = (),
+        mode: str = "ask",
+        session_id: str | None = None,
+        policy_version: str | None = None,
+    ) -> TurnResult:
         """One complete turn (``cdra ask``, ``cdra serve``); a model failure raises after it is logged."""
         session_id = session_id or self.log.start_session(user_id, mode, {})
         result: TurnResult | None = None
-        for event in self.stream_turn(user_id, session_id, message, history, mode=mode, policy_version=policy_version):
+        for event in self.stream_turn(
+            user_id, session_id, message, history, mode=mode, policy_version=policy_version
+        ):
             if event.kind in ("done", "error"):
                 result = event.result
         assert result is not None
@@ -520,8 +671,14 @@ class Assistant:
             raise EngineError(result.error or "the model failed")
         return result
 
-    def feedback(self, user_id: str, turn_id: str, feedback: str | None = None, correction: str | None = None,
-                 clear: bool = False) -> list[str]:
+    def feedback(
+        self,
+        user_id: str,
+        turn_id: str,
+        feedback: str | None = None,
+        correction: str | None = None,
+        clear: bool = False,
+    ) -> list[str]:
         """Thumbs and "I'd rather…" go to the log (training signal) and to inference (behavioral signal).
 
         ``feedback`` is "up"/"down" (``clear=True`` withdraws an earlier one). A correction is also the
@@ -545,7 +702,9 @@ class Assistant:
                 self.memory.for_user(scope).add_preferences(found)
                 added = [s.text for s in found]
         if self.worker is not None and (feedback or correction):
-            self.worker.submit(scope, _turn_signal(turn_id, turn["query"], turn["answer"], feedback, correction))
+            self.worker.submit(
+                scope, _turn_signal(turn_id, turn["query"], turn["answer"], feedback, correction)
+            )
         return added
 
     def forget(self, user_id: str) -> int:
@@ -555,11 +714,44 @@ class Assistant:
         return forget_user(self.settings, user_id, memory=self.memory, session_log=self.log)
 
 
-def _turn_signal(turn_id: str, user: str, assistant: str, feedback: str | None = None, correction: str | None = None):
+def make_responder(settings: Settings, assistant: Assistant | None = None):
+    """The personalization hook of `cdra serve` (app/server.py ``Responder``): the OpenAI ``user`` picks the
+    memory, the last user message is the query, earlier user/assistant messages the history; client system
+    prompts are ignored (the policy prompt is the assistant's). Yields the policy's text as it is written."""
+    from app.users import check_name
+
+    bot = assistant or Assistant(settings)
+
+    def respond(request) -> Iterator[str]:
+        user = check_name(request.user)  # an app user name; never an internal scope such as user__aloe__…
+        turns = [m for m in request.messages if m.get("role") in ("user", "assistant")]
+        if not turns or turns[-1]["role"] != "user":
+            raise MessageError("the last message must be the user's")
+        session_id = bot.log.start_session(user, "serve", {"client": "openai-api"})
+        for event in bot.stream_turn(
+            user, session_id, str(turns[-1]["content"]), turns[:-1], mode="serve", params=request.params
+        ):
+            if event.kind == "delta":
+                yield event.delta
+            elif event.kind == "error":
+                raise EngineError(event.error or "the model failed")
+
+    return respond
+
+
+def _turn_signal(
+    turn_id: str, user: str, assistant: str, feedback: str | None = None, correction: str | None = None
+):
     from alignment.signals import TurnSignal
 
-    return TurnSignal(kind="turn", id=f"{turn_id}-{feedback or 'turn'}", user=user, assistant=assistant,
-                      feedback=feedback, correction=(correction or None))
+    return TurnSignal(
+        kind="turn",
+        id=f"{turn_id}-{feedback or 'turn'}",
+        user=user,
+        assistant=assistant,
+        feedback=feedback,
+        correction=(correction or None),
+    )
 
 
 def _ms(since: float) -> float:

@@ -66,6 +66,7 @@ def describe_roles(settings: Settings) -> list[dict[str, str]]:
             "transformers": f"{spec.path}" + (f" + adapter {spec.adapter}" if spec.adapter else ""),
             "vllm": f"vLLM {spec.path}",
             "openai": f"{spec.base_url} model={spec.model}",
+            "llamacpp": f"llama.cpp {spec.path or 'packaged SmolLM2-135M-Instruct GGUF'}",
         }[spec.backend]
         if spec.backend == "default" and spec.adapter:
             where += f" + adapter {spec.adapter}"

@@ -85,12 +85,22 @@ def _registered_spec(settings: Settings, model: RegisteredModel) -> ModelSpec:
     return base.model_copy(update={**where, "adapter": str(model.adapter_dir) if model.adapter_dir else None})
 
 
+#: the CDPA trainer's ``method`` -> the method name of the tables
+_CDPA_METHODS = {"cdpa": "cdra", "grpo-outcome": "grpo-outcome", "grpo-process": "grpo-process"}
+
+
 def trained_method_of(model: RegisteredModel) -> str | None:
-    """The method a registered policy was trained with, as its trainer recorded it (if it did)."""
-    for source in (model.config, model.data, model.metrics):
-        value = source.get("method") if isinstance(source, dict) else None
-        if isinstance(value, str):
-            return value
+    """The method a registered policy was last trained with, from its manifest's ``config`` as the trainers
+    write it (``{"cdpa": {"method": ...}}`` after RL, ``{"rft": ...}`` or ``{"sft": ...}`` after SFT)."""
+    config = model.config if isinstance(model.config, dict) else {}
+    if isinstance(config.get("method"), str):
+        return config["method"]
+    cdpa = config.get("cdpa")
+    if isinstance(cdpa, dict) and isinstance(cdpa.get("method"), str):
+        return _CDPA_METHODS.get(cdpa["method"], cdpa["method"])
+    for name in ("rft", "sft"):
+        if name in config or name in (model.metrics or {}):
+            return name
     return None
 
 
@@ -208,33 +218,33 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 class _ChromaContexts:
-    """``--memory-store chroma``: each item's preference (or history turns) goes into a fresh vector memory
-    and what retrieval returns for the query is what the model sees, as in the app."""
+    """``--memory-store chroma``: each item's preference (or conversation) goes into a fresh per-item vector
+    memory the way the app fills it (explicit statements extracted from what the user said, plus the turns),
+    and what ``retrieve(query)`` returns is what the model sees."""
 
     def __init__(self, settings: Settings, root: Path) -> None:
-        try:
-            from memory.vector_store import VectorMemory
-        except ImportError as exc:
-            raise CdraError(f"--memory-store chroma needs memory/vector_store.py ({exc}); use --memory-store prompt") from exc
-        from memory.config import MemoryConfig  # type: ignore[import-not-found]
+        from memory.vector_store import VectorMemory
 
-        self._memory = VectorMemory(MemoryConfig(**settings.memory.model_dump()), persist_dir=root)
+        self._memory = VectorMemory(settings.memory, persist_dir=root)
 
     def __call__(self, item: AlignmentItem) -> ItemContext:
+        from alignment.explicit_extraction import extract_explicit
         from alignment.preferences import PreferenceStatement
 
-        user = self._memory.for_user(hashlib.sha1(item.id.encode()).hexdigest()[:16])
-        user.forget()
+        user = self._memory.for_user("eval-" + hashlib.sha1(item.id.encode()).hexdigest()[:16])
         if item.history:
             turns = item.history
+            statements = []
             for i in range(0, len(turns), 2):
                 user_text = turns[i]["content"] if turns[i]["role"] == "user" else ""
                 reply = turns[i + 1]["content"] if i + 1 < len(turns) else ""
-                user.add_turn("eval", f"{item.id}/{i // 2}", user_text, reply)
+                user.add_turn("eval", f"{i // 2}", user_text, reply)
+                statements += extract_explicit(user_text, f"turn-{i // 2}")
         else:
-            stance = "avoids" if any(w in item.preference.lower() for w in ("avoid", "dislike", "don't", "not ", "never", "hate")) else "prefers"
-            user.add_preferences([PreferenceStatement(text=item.preference, stance=stance, origin="explicit",
-                                                      evidence=[item.id], confidence=1.0)])
+            statements = extract_explicit(item.preference, "preference") or [PreferenceStatement(
+                text=item.preference, stance="prefers", origin="explicit", evidence=["preference"], confidence=1.0)]
+        if statements:
+            user.add_preferences(statements)
         return ItemContext(preferences=user.retrieve(item.query).as_prompt_lines())
 
 
@@ -312,7 +322,7 @@ def _judge_all(config: EvalRunConfig, items: Sequence[AlignmentItem], answers: S
         item = by_id[answer["item_id"]]
         meta = {"item_id": item.id, "method": answer["method"], "condition": answer["condition"]}
         return rubric_request(rubric, preference=item.preference, query=item.query, response=answer["reply"],
-                              history=item.history, notes=item.notes, meta=meta)
+                              notes=item.notes, meta=meta)
 
     answered = [a for a in answers if a["reply"] is not None]
     first = [request(r, a) for a in answered for r in STAGE_ONE]

@@ -512,7 +512,7 @@ class _Call:
                                          "finish_reason": self._finish(text)}]))
             if include_usage:
                 yield _sse(self._chunk([], _usage(self.prompt_tokens(), completion_tokens)))
-        except Exception as exc:  # the status line is sent already: report in-band, as OpenAI does
+        except Exception as exc:  # noqa: BLE001  (the status line is sent already: report in-band, as OpenAI does)
             yield _sse(_error_for(exc).body())
         yield _sse("[DONE]")
 

@@ -15,7 +15,7 @@ import re
 import secrets
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alignment.errors import CdraError
@@ -53,8 +53,15 @@ def verify_password(password: str, encoded: str) -> bool:
         scheme, n, r, p, salt, expected = encoded.split("$")
         if scheme != "scrypt":
             return False
-        digest = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
-                                dklen=32, maxmem=64 * 1024 * 1024)
+        digest = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=bytes.fromhex(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=32,
+            maxmem=64 * 1024 * 1024,
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(digest.hex(), expected)
@@ -71,7 +78,7 @@ class UserStore:
         self.path = Path(path)
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path) -> "UserStore":
+    def for_data_dir(cls, data_dir: Path) -> UserStore:
         return cls(Path(data_dir) / "users.json")
 
     def _read(self) -> dict[str, dict[str, str]]:
@@ -107,7 +114,7 @@ class UserStore:
         users = self._read()
         if name in users and not replace:
             raise UserError(f"user {name!r} already exists: pass --replace to set a new password")
-        created = users.get(name, {}).get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        created = users.get(name, {}).get("created") or datetime.now(UTC).isoformat(timespec="seconds")
         users[name] = {"hash": hash_password(password), "created": created}
         self._write(users)
         return UserInfo(name, created)
@@ -142,7 +149,7 @@ def default_account_name() -> str:
     """The first-run account is named after the OS user when that is a valid name, else ``me``."""
     try:
         name = getpass.getuser()
-    except Exception:  # no passwd entry (containers)
+    except (KeyError, OSError):  # no passwd entry for this uid (containers)
         name = ""
     try:
         return check_name(name) if name and name != "root" else "me"

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,7 +75,7 @@ CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user_id, mode, status);
 
 def now_iso() -> str:
     """UTC with milliseconds: sorts lexicographically in time order."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def parse_since(since: str | datetime | None) -> str | None:
@@ -84,12 +84,14 @@ def parse_since(since: str | datetime | None) -> str | None:
         return None
     if isinstance(since, str):
         try:
-            since = datetime.fromisoformat(since.strip().replace("Z", "+00:00"))
+            since = datetime.fromisoformat(since.strip())
         except ValueError:
-            raise CdraError(f"--since {since!r} is not a date or ISO 8601 time (e.g. 2026-01-31 or 2026-01-31T12:00)") from None
+            raise CdraError(
+                f"--since {since!r} is not a date or ISO 8601 time (e.g. 2026-01-31 or 2026-01-31T12:00)"
+            ) from None
     if since.tzinfo is None:
-        since = since.replace(tzinfo=timezone.utc)
-    return since.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        since = since.replace(tzinfo=UTC)
+    return since.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -123,7 +125,9 @@ class SessionLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed turn survives a power cut, not only a crash of this process
@@ -140,13 +144,16 @@ class SessionLog:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One immediate transaction: all of a write lands, or none of it."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:  # locked for too long, disk full, read-only file system
+                raise CdraError(f"the session log {self.path} could not be written: {exc}") from exc
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -177,7 +184,9 @@ class SessionLog:
         rows = self._query("SELECT * FROM sessions WHERE session_id=? AND user_id=?", (session_id, user_id))
         return _session_dict(rows[0]) if rows else None
 
-    def sessions(self, user_id: str | None = None, mode: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    def sessions(
+        self, user_id: str | None = None, mode: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
         """Sessions, oldest first; ``user_id=None`` only for operator tools (reports, export)."""
         sql, args = "SELECT * FROM sessions WHERE 1=1", []
         for column, value in (("user_id", user_id), ("mode", mode), ("status", status)):
@@ -186,13 +195,16 @@ class SessionLog:
                 args.append(value)
         return [_session_dict(r) for r in self._query(sql + " ORDER BY started", tuple(args))]
 
-    def update_session(self, user_id: str, session_id: str, status: str | None = None,
-                       meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    def update_session(
+        self, user_id: str, session_id: str, status: str | None = None, meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Change a session's status (active/paused/finished) and merge keys into its meta."""
         if status is not None and status not in SESSION_STATUSES:
             raise CdraError(f"session status must be one of {', '.join(SESSION_STATUSES)}, not {status!r}")
         with self._write() as db:
-            row = db.execute("SELECT * FROM sessions WHERE session_id=? AND user_id=?", (session_id, user_id)).fetchone()
+            row = db.execute(
+                "SELECT * FROM sessions WHERE session_id=? AND user_id=?", (session_id, user_id)
+            ).fetchone()
             if row is None:
                 raise CdraError(f"no session {session_id} for user {user_id}")
             merged = {**json.loads(row["meta"]), **(meta or {})}
@@ -211,7 +223,9 @@ class SessionLog:
         turn_id = record.turn_id or uuid.uuid4().hex
         stamp = record.time or now_iso()
         with self._write() as db:
-            owner = db.execute("SELECT user_id FROM sessions WHERE session_id=?", (record.session_id,)).fetchone()
+            owner = db.execute(
+                "SELECT user_id FROM sessions WHERE session_id=?", (record.session_id,)
+            ).fetchone()
             if owner is None:
                 db.execute(
                     "INSERT INTO sessions(session_id, user_id, mode, started, updated, status, meta) VALUES (?,?,?,?,?,?,?)",
@@ -219,15 +233,31 @@ class SessionLog:
                 )
             elif owner["user_id"] != record.user_id:
                 raise CdraError(f"session {record.session_id} belongs to another user")
-            idx = db.execute("SELECT COALESCE(MAX(idx), 0) + 1 FROM turns WHERE session_id=?", (record.session_id,)).fetchone()[0]
+            idx = db.execute(
+                "SELECT COALESCE(MAX(idx), 0) + 1 FROM turns WHERE session_id=?", (record.session_id,)
+            ).fetchone()[0]
             db.execute(
                 "INSERT INTO turns(turn_id, session_id, user_id, idx, time, mode, query, history, retrieved, steps, answer,"
                 " raw, model_versions, latency_ms, status, error, persona, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    turn_id, record.session_id, record.user_id, idx, stamp, record.mode, record.query,
-                    _dumps(record.history), _dumps(record.retrieved_preferences), _dumps(record.reasoning_steps),
-                    record.answer, record.raw, _dumps(record.model_versions), _dumps(record.latency_ms), record.status,
-                    record.error, _dumps(record.persona) if record.persona is not None else None, _dumps(record.meta),
+                    turn_id,
+                    record.session_id,
+                    record.user_id,
+                    idx,
+                    stamp,
+                    record.mode,
+                    record.query,
+                    _dumps(record.history),
+                    _dumps(record.retrieved_preferences),
+                    _dumps(record.reasoning_steps),
+                    record.answer,
+                    record.raw,
+                    _dumps(record.model_versions),
+                    _dumps(record.latency_ms),
+                    record.status,
+                    record.error,
+                    _dumps(record.persona) if record.persona is not None else None,
+                    _dumps(record.meta),
                 ),
             )
             db.execute("UPDATE sessions SET updated=? WHERE session_id=?", (stamp, record.session_id))
@@ -235,13 +265,19 @@ class SessionLog:
 
     def _append_event(self, user_id: str, turn_id: str, kind: str, value: str | None) -> None:
         with self._write() as db:
-            owned = db.execute("SELECT 1 FROM turns WHERE turn_id=? AND user_id=?", (turn_id, user_id)).fetchone()
+            owned = db.execute(
+                "SELECT 1 FROM turns WHERE turn_id=? AND user_id=?", (turn_id, user_id)
+            ).fetchone()
             if owned is None:
                 raise CdraError(f"no turn {turn_id} for user {user_id}")
-            db.execute("INSERT INTO events(turn_id, user_id, time, kind, value) VALUES (?,?,?,?,?)",
-                       (turn_id, user_id, now_iso(), kind, value))
+            db.execute(
+                "INSERT INTO events(turn_id, user_id, time, kind, value) VALUES (?,?,?,?,?)",
+                (turn_id, user_id, now_iso(), kind, value),
+            )
 
-    def set_feedback(self, user_id: str, turn_id: str, feedback: str | None, correction: str | None = None) -> None:
+    def set_feedback(
+        self, user_id: str, turn_id: str, feedback: str | None, correction: str | None = None
+    ) -> None:
         """Thumbs up/down (None clears it) and an optional "I'd rather…" correction; the latest counts."""
         if feedback not in ("up", "down", None):
             raise CdraError(f"feedback must be up, down or empty, not {feedback!r}")
@@ -264,11 +300,22 @@ class SessionLog:
         rows = self._query("SELECT * FROM turns WHERE turn_id=? AND user_id=?", (turn_id, user_id))
         return self._with_events([_turn_dict(r) for r in rows])[0] if rows else None
 
-    def turns(self, user_id: str | None = None, since: str | datetime | None = None, session_id: str | None = None,
-              mode: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    def turns(
+        self,
+        user_id: str | None = None,
+        since: str | datetime | None = None,
+        session_id: str | None = None,
+        mode: str | None = None,
+        status: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Turns in time order as export-shaped dicts (latest feedback, correction, rating folded in)."""
         sql, args = "SELECT * FROM turns WHERE 1=1", []
-        for column, value in (("user_id", user_id), ("session_id", session_id), ("mode", mode), ("status", status)):
+        for column, value in (
+            ("user_id", user_id),
+            ("session_id", session_id),
+            ("mode", mode),
+            ("status", status),
+        ):
             if value is not None:
                 sql += f" AND {column}=?"
                 args.append(value)
@@ -285,9 +332,12 @@ class SessionLog:
             t.update(feedback=None, correction=None, rating=None)
         ids = list(by_id)
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for ev in self._query(f"SELECT turn_id, kind, value FROM events WHERE turn_id IN ({marks}) ORDER BY id", tuple(chunk)):
+            for ev in self._query(
+                f"SELECT turn_id, kind, value FROM events WHERE turn_id IN ({marks}) ORDER BY id",
+                tuple(chunk),
+            ):
                 t = by_id[ev["turn_id"]]
                 if ev["kind"] == "feedback":
                     t["feedback"] = ev["value"]
@@ -298,8 +348,14 @@ class SessionLog:
         return turns
 
     # -- export, retention, forgetting ---------------------------------------------------------------
-    def export_jsonl(self, path: str | Path, since: str | datetime | None = None, user_id: str | None = None,
-                     user_preferences: Callable[[str], list[str]] | None = None, include_failed: bool = False) -> int:
+    def export_jsonl(
+        self,
+        path: str | Path,
+        since: str | datetime | None = None,
+        user_id: str | None = None,
+        user_preferences: Callable[[str], list[str]] | None = None,
+        include_failed: bool = False,
+    ) -> int:
         """Write one JSON line per turn (docs/ARCHITECTURE.md schema) atomically; returns the line count.
 
         ``user_preferences(user_id)`` supplies each user's active statements at export time; failed
@@ -340,10 +396,14 @@ class SessionLog:
         """Retention: delete turns (and their events) older than ``before``, and sessions left empty."""
         stamp = parse_since(before)
         with self._write() as db:
-            db.execute("DELETE FROM events WHERE turn_id IN (SELECT turn_id FROM turns WHERE time<?)", (stamp,))
+            db.execute(
+                "DELETE FROM events WHERE turn_id IN (SELECT turn_id FROM turns WHERE time<?)", (stamp,)
+            )
             n = db.execute("DELETE FROM turns WHERE time<?", (stamp,)).rowcount
-            db.execute("DELETE FROM sessions WHERE updated<? AND session_id NOT IN (SELECT DISTINCT session_id FROM turns)",
-                       (stamp,))
+            db.execute(
+                "DELETE FROM sessions WHERE updated<? AND session_id NOT IN (SELECT DISTINCT session_id FROM turns)",
+                (stamp,),
+            )
         self._checkpoint()
         return n
 
@@ -366,8 +426,15 @@ def _dumps(value: Any) -> str:
 
 
 def _session_dict(row: sqlite3.Row) -> dict[str, Any]:
-    return {"session_id": row["session_id"], "user_id": row["user_id"], "mode": row["mode"], "started": row["started"],
-            "updated": row["updated"], "status": row["status"], "meta": json.loads(row["meta"])}
+    return {
+        "session_id": row["session_id"],
+        "user_id": row["user_id"],
+        "mode": row["mode"],
+        "started": row["started"],
+        "updated": row["updated"],
+        "status": row["status"],
+        "meta": json.loads(row["meta"]),
+    }
 
 
 def _turn_dict(row: sqlite3.Row) -> dict[str, Any]:

@@ -170,23 +170,23 @@ class UserMemory:
         self.user_id = user_id
         self.name = collection_name(user_id)
         self.config = store.config
-        self._collection = None
 
     # -- plumbing --------------------------------------------------------------------------------------
     def _get(self, create: bool):
-        if self._collection is not None:
-            return self._collection
+        """The user's collection, looked up on every call (cheap) so a forget() elsewhere is never stale."""
         client = self.store.client
         if create:
-            self._collection = _wrap("opening the user's collection", lambda: client.get_or_create_collection(
+            return _wrap("opening the user's collection", lambda: client.get_or_create_collection(
                 self.name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}},
                 metadata={"user_id": self.user_id, "kind": "cdra-user-memory"}))
-            return self._collection
+        from chromadb.errors import NotFoundError
+
         try:
-            self._collection = client.get_collection(self.name, embedding_function=None)
-        except Exception:
+            return client.get_collection(self.name, embedding_function=None)
+        except NotFoundError:  # this user has no memory (yet, or any more)
             return None
-        return self._collection
+        except Exception as exc:  # an unreachable server must not look like an empty memory
+            raise MemoryUnavailableError(f"vector memory: opening the user's collection failed: {exc}") from exc
 
     def _where(self, kind: str, extra: dict | None = None) -> dict:
         clauses: list[dict] = [{"user_id": self.user_id}, {"type": kind}]
@@ -328,6 +328,9 @@ class UserMemory:
         """The user's correction of one statement: origin becomes ``user_edit``; the old wording is
         remembered as suppressed so inference never brings it back."""
         old = self.get_preference(statement_id)
+        if stance is None and text:  # "Avoids spicy food" says its stance itself
+            first = text.strip().split(" ", 1)[0].lower()
+            stance = {"prefers": "prefers", "avoids": "avoids"}.get(first)
         new_stance = stance or old.stance
         if new_stance not in ("prefers", "avoids"):
             raise CdraError(f"stance must be 'prefers' or 'avoids', not {stance!r}")
@@ -512,7 +515,6 @@ class UserMemory:
         """
         client = self.store.client
         col = self._get(create=False)
-        self._collection = None
         if col is None:
             return
         if not self.store.embedded:

@@ -176,57 +176,65 @@ def _load_model(start: TrainingStart, config: SFTStageConfig):
     return model, tokenizer
 
 
+def sft_trainer(examples: Sequence[dict], start: TrainingStart, work_dir: Path, config: SFTStageConfig,
+                eval_examples: Sequence[dict] = ()):
+    """trl's SFTTrainer on prompt/completion pairs with the loss on completion tokens only."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    if not examples:
+        raise CdraError("no training examples: the data file has no usable records")
+    model, tokenizer = _load_model(start, config)
+    peft_config = None
+    if config.lora and start.adapter is None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+    args = SFTConfig(
+        output_dir=str(Path(work_dir) / "checkpoints"),
+        max_steps=config.max_steps,
+        num_train_epochs=config.num_train_epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        seed=config.seed,
+        max_length=config.max_length,
+        completion_only_loss=True,
+        bf16=_use_bf16(config.bf16),
+        gradient_checkpointing=config.gradient_checkpointing,
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not _cuda(),
+        dataloader_num_workers=0,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(list(examples)),
+        eval_dataset=Dataset.from_list(list(eval_examples)) if eval_examples else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
 def run_sft(examples: Sequence[dict], start: TrainingStart, out_dir: Path, config: SFTStageConfig,
             eval_examples: Sequence[dict] = ()) -> SFTResult:
-    """Train with trl's SFTTrainer (completion-only loss) and write the result into ``out_dir``.
+    """Train (``sft_trainer``) and write the adapter or full model into ``out_dir``.
 
     Everything is written into a temporary sibling first and renamed into place, so ``out_dir``
     either holds a finished artifact or does not exist (what makes retrain stages resumable).
     """
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
     if not examples:
         raise CdraError("no training examples: the data file has no usable records")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        model, tokenizer = _load_model(start, config)
-        peft_config = None
-        if config.lora and start.adapter is None:
-            from peft import LoraConfig
-
-            peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                     target_modules=list(config.target_modules), task_type="CAUSAL_LM")
-        args = SFTConfig(
-            output_dir=str(tmp / "checkpoints"),
-            max_steps=config.max_steps,
-            num_train_epochs=config.num_train_epochs,
-            per_device_train_batch_size=config.batch_size,
-            per_device_eval_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            learning_rate=config.learning_rate,
-            warmup_steps=config.warmup_steps,
-            seed=config.seed,
-            max_length=config.max_length,
-            completion_only_loss=True,
-            bf16=_use_bf16(config.bf16),
-            gradient_checkpointing=config.gradient_checkpointing,
-            logging_steps=config.logging_steps,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=not _cuda(),
-            dataloader_num_workers=0,
-        )
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(list(examples)),
-            eval_dataset=Dataset.from_list(list(eval_examples)) if eval_examples else None,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
+        trainer = sft_trainer(examples, start, tmp, config, eval_examples)
         metrics: dict = {"train_examples": len(examples), "eval_examples": len(eval_examples)}
         if eval_examples:
             metrics["eval_loss_before"] = float(trainer.evaluate()["eval_loss"])
@@ -239,10 +247,10 @@ def run_sft(examples: Sequence[dict], start: TrainingStart, out_dir: Path, confi
         artifact = "adapter" if is_adapter else "model"
         trainer.save_model(str(tmp / artifact))
         if not is_adapter:
-            tokenizer.save_pretrained(str(tmp / artifact))
+            trainer.processing_class.save_pretrained(str(tmp / artifact))
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        del trainer, model
+        del trainer
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

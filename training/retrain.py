@@ -5,7 +5,7 @@ One run lives in ``<data_dir>/retrain/runs/<run_id>/``; ``<data_dir>/retrain/sta
 last processed log position and each finished stage's outputs, so a rerun resumes an interrupted run
 and a run with nothing new exits 4. An fcntl lock on ``<data_dir>/retrain/retrain.lock`` keeps two runs
 from overlapping. Exit codes (cron-friendly): 0 promoted, 3 trained but not promoted, 4 nothing new to
-train on, 5 another run holds the lock, 2 bad input or configuration.
+train on, 5 another run holds the lock, 6 stopped on request after a stage (resumable), 2 bad input.
 """
 
 from __future__ import annotations
@@ -112,10 +112,10 @@ def tiny_config(base: RetrainConfig, max_steps: int | None = None) -> RetrainCon
     steps = max_steps or 2
     sft = SFTStageConfig(lora_r=4, lora_alpha=8, max_steps=steps, batch_size=1, max_length=512, logging_steps=1)
     build = BuildConfig(
-        council=CouncilConfig(personas=("Pragmatist",), depth=1, breadth=1, branching=1, value_threshold=0.0,
-                              thought_max_new_tokens=24, value_samples=1, value_temperature=0.0,
+        council=CouncilConfig(personas=("Pragmatist", "Psychologist"), depth=1, breadth=2, branching=1,
+                              value_threshold=0.0, thought_max_new_tokens=24, value_samples=1, value_temperature=0.0,
                               answer_max_new_tokens=32),
-        annotation=AnnotationConfig(max_new_tokens=48, retries=1),
+        annotation=AnnotationConfig(max_new_tokens=40, retries=3),
         seed=base.seed, validation_fraction=0.5,
     )
     cdpa = CDPAConfig(num_generations=2, max_completion_length=40, prompts_per_step=1, max_steps=steps,
@@ -352,7 +352,8 @@ class Retrain:
             raise CdraError(f"--stop-after must be one of {', '.join(STAGES)}, not {self.config.stop_after!r}")
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        if self.state.current is None:
+        resumed = self.state.current is not None
+        if not resumed:
             result = self._start_run()
             if result is not None:
                 return result
@@ -372,7 +373,7 @@ class Retrain:
                     if isinstance(outcome, RetrainResult):
                         return self._finish(outcome)
                     self.state.finish_stage(name, outcome)
-                else:
+                elif name != "collect" or resumed:
                     self.say(f"  {name}: done earlier, skipped")
                 progress.advance(task)
                 if name == self.config.stop_after and name != STAGES[-1]:
@@ -381,14 +382,18 @@ class Retrain:
         return self._finish(self._result())
 
     def _start_run(self) -> RetrainResult | None:
-        run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         run_dir = self.config.root / "runs" / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         export = run_dir / "sessions_export.jsonl"
         position = self.state.data["position"]
         since = position["time"] if position else None
-        self.source(since, export)
-        turns, new_position = new_turns(export, position)
+        try:
+            self.source(since, export)
+            turns, new_position = new_turns(export, position)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         if not turns:
             shutil.rmtree(run_dir, ignore_errors=True)
             return RetrainResult(ExitCode.NOTHING_NEW, f"no new logged turns since {since or 'the beginning'}")

@@ -114,7 +114,7 @@ def bench_generate(
     for batch in batch_sizes:
         progress(f"decoding {new_tokens} tokens at batch {batch} x{repeats} ...")
         convs = [_conversation(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
-        rate, produced = _median_rate(lambda: _produced(engine, convs, params), repeats)
+        rate, produced = _median_rate(lambda convs=convs: _produced(engine, convs, params), repeats)
         ours[batch] = rate
         report.numbers[f"tokens_per_s_batch{batch}"] = rate
         report.numbers[f"tokens_batch{batch}"] = produced

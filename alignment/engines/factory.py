@@ -59,6 +59,10 @@ def _load(spec: ModelSpec, models_dir: Path, version: str | None) -> Engine:
         from alignment.engines.openai_engine import OpenAIEngine
 
         return OpenAIEngine(spec, version=version)
+    if spec.backend == "llamacpp":
+        from alignment.engines.llamacpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine(spec, version=version)
     raise EngineError(f"unknown backend {spec.backend!r}")
 
 

@@ -129,7 +129,7 @@ class OpenAIEngine(Engine):
         # some servers (llama.cpp's, hosted ones for some models) return fewer than n choices: ask again
         while len(out) < params.n:
             want = params.n - len(out)
-            resp = self._call(lambda: self.client.chat.completions.create(
+            resp = self._call(lambda want=want: self.client.chat.completions.create(
                 model=model, messages=list(conversation), n=want, **self._sampling(params)))
             if not resp.choices:
                 raise EngineError(f"the endpoint {self.base_url} returned no choices")
@@ -226,11 +226,11 @@ class OpenAIEngine(Engine):
         """vLLM's /tokenize lives at the server root; `cdra serve` also answers under /v1."""
         import httpx
 
-        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        root = self.base_url.removesuffix("/v1")
         last = ""
         for url in dict.fromkeys((f"{root}/tokenize", f"{self.base_url}/tokenize")):
             try:
-                resp = self._with_retries(lambda: self._http.post(url, json={"model": model, **body}))
+                resp = self._with_retries(lambda url=url: self._http.post(url, json={"model": model, **body}))
             except httpx.TimeoutException as exc:
                 raise EngineError(f"the endpoint {self.base_url} did not answer /tokenize within "
                                   f"{self.spec.timeout_s:g}s") from exc

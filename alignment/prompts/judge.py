@@ -1,6 +1,7 @@
 """The judge's rubrics (CDRA §3.1 / Appendix B, PrefEval's four checks, ALOE's 1-5 turn rating, a pairwise check).
 
-Every rubric asks for exactly one JSON object: ``{"rationale": "...", "verdict": "yes" | "no"}`` (the
+The judge sees the gold preference, not the conversation it was hidden in (as PrefEval's and ALOE's judges
+do), which also keeps every judge prompt short. Every rubric asks for exactly one JSON object: ``{"rationale": "...", "verdict": "yes" | "no"}`` (the
 pairwise rubric: ``"A" | "B"``; the ALOE rubric: ``{"rationale": "...", "rating": 1-5}``), rationale
 first, so the verdict is grounded in it and a local judge's verdict can be read from its probabilities
 right after the rationale. The wording is this project's own.
@@ -15,9 +16,6 @@ _YES_NO_FORMAT = """Reply with one JSON object and nothing else, rationale first
 
 _CASE = """User's preference (what the user values, stated or implied):
 {preference}
-
-Conversation before the question:
-{history}
 
 User's question:
 {query}
@@ -221,9 +219,6 @@ Profile: {profile}
 Personality: {personality}
 Hidden preferences: {hidden_preferences}
 
-Conversation so far:
-{history}
-
 The person's latest message:
 {message}
 
@@ -247,14 +242,4 @@ YES_NO_RUBRICS: dict[str, ChatPromptTemplate] = {
     "helpful": HELPFUL,
 }
 
-NO_HISTORY = "(none)"
 NO_NOTES = "(none given)"
-
-
-def format_history(history: list[dict], max_chars: int = 4000) -> str:
-    """A transcript the judge can read; the oldest turns are cut first when it is too long."""
-    if not history:
-        return NO_HISTORY
-    lines = [f"{m['role']}: {m['content']}" for m in history]
-    text = "\n".join(lines)
-    return text if len(text) <= max_chars else "...\n" + text[-max_chars:]

@@ -13,7 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # OpenMP threads sleep instead of spinning while they wait: on a CPU shared with other processes
-# spinning made torch 5-10x slower (measured with `cdra bench generate`); must precede `import torch`
+# spinning made torch 3-9x slower (measured with `cdra bench generate`); must precede `import torch`
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402

@@ -12,9 +12,16 @@ def register_eval(eval_app: typer.Typer) -> None:
     @eval_app.command("aloe-report")
     def aloe_report_cmd(
         ctx: typer.Context,
-        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output directory (default data_dir/reports/aloe)")] = None,
-        include_unfinished: Annotated[bool, typer.Option("--include-unfinished", help="also paused/active sessions")] = False,
-        simulated: Annotated[Optional[Path], typer.Option("--simulated", help="JSONL of simulated AloeRating records to add")] = None,
+        out: Annotated[
+            Optional[Path],
+            typer.Option("--out", "-o", help="output directory (default data_dir/reports/aloe)"),
+        ] = None,
+        include_unfinished: Annotated[
+            bool, typer.Option("--include-unfinished", help="also paused/active sessions")
+        ] = False,
+        simulated: Annotated[
+            Optional[Path], typer.Option("--simulated", help="JSONL of simulated AloeRating records to add")
+        ] = None,
     ) -> None:
         """Mean alignment rating per turn k and on average, per policy version, like the paper's Table 2."""
         from app.aloe import ratings_from_log
@@ -46,8 +53,15 @@ def _read_ratings(path: Path):
             continue
         try:
             obj = json.loads(line)
-            out.append(AloeRating(obj["session_id"], obj["policy_version"], obj["turn"], obj["rating"],
-                                  obj.get("source", "simulated")))
+            out.append(
+                AloeRating(
+                    obj["session_id"],
+                    obj["policy_version"],
+                    obj["turn"],
+                    obj["rating"],
+                    obj.get("source", "simulated"),
+                )
+            )
         except json.JSONDecodeError as exc:
             raise FormatError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
         except KeyError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,7 @@ def build_responder(settings):
     """The personalization hook for ``cdra-policy``: ``app.assistant.make_responder(settings)`` when the
     assistant module provides it, else ``None`` (answers come straight from the policy engine)."""
     try:
-        import app.assistant as assistant
+        from app import assistant
     except ModuleNotFoundError as exc:
         if exc.name != "app.assistant":
             raise
@@ -36,8 +36,8 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve_cmd(
         ctx: typer.Context,
-        host: Annotated[Optional[str], typer.Option(help="bind address (default 127.0.0.1)")] = None,
-        port: Annotated[Optional[int], typer.Option(help="port (default 8000)")] = None,
+        host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
+        port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
     ) -> None:
         """Serve the OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models."""
         import uvicorn

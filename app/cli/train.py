@@ -1,6 +1,7 @@
 """`cdra train prm|rft|cdpa|grpo` (one stage on a data file, registered as a new version) and
 `cdra retrain` (the periodic loop from logged sessions to a promoted policy; exit codes for cron:
-0 promoted, 3 trained but not promoted, 4 nothing new to train on, 5 locked by another run, 2 bad input)."""
+0 promoted, 3 trained but not promoted, 4 nothing new to train on, 5 locked by another run,
+6 stopped by --stop-after, 2 bad input)."""
 
 from __future__ import annotations
 
@@ -249,11 +250,13 @@ def retrain_cmd(
     promote: Annotated[str, typer.Option("--promote", help="if-better (beat the serving policy) or always")] = "if-better",
     min_improvement: Annotated[float, typer.Option(help="margin the candidate's mean PRM reward must beat serving by")] = 0.0,
     max_scenarios: Annotated[Optional[int], typer.Option(min=1, help="cap on scenarios per run")] = None,
+    stop_after: Annotated[Optional[str], typer.Option(help="stop after this stage (exit 6); the next run resumes")] = None,
 ) -> None:
     """Periodic retraining: new logged sessions -> DeepPref -> Pers-GenPRM -> RFT -> CDPA -> evaluate -> promote.
 
     Exit codes: 0 promoted, 3 trained but not promoted, 4 nothing new to train on, 5 another run holds
-    the lock, 2 bad input. Resumable: rerun after a crash and finished stages are skipped.
+    the lock, 6 stopped by --stop-after, 2 bad input. Resumable: rerun after a crash (or --stop-after)
+    and finished stages are skipped.
     """
     from dataclasses import replace
 
@@ -281,6 +284,7 @@ def retrain_cmd(
         config.cdpa = CDPAConfig(seed=settings.seed, max_steps=max_steps, eval_every=max(1, min(25, max_steps)))
     if max_scenarios:
         config = replace(config, max_scenarios=max_scenarios)
+    config = replace(config, stop_after=stop_after)
     source = file_source(sessions) if sessions else _log_source(settings)
     result = run_retrain(config, source)
     typer.echo(result.message)

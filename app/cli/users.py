@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-users_app = typer.Typer(help="Accounts for the chat app's sign-in (salted password hashes).", no_args_is_help=True)
-logs_app = typer.Typer(help="The session log: export for retraining, forget a user, apply retention.",
-                       no_args_is_help=True)
+users_app = typer.Typer(
+    help="Accounts for the chat app's sign-in (salted password hashes).", no_args_is_help=True
+)
+logs_app = typer.Typer(
+    help="The session log: export for retraining, forget a user, apply retention.", no_args_is_help=True
+)
 
 
 @users_app.command("add")
 def add_cmd(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="user name (letters, digits, _ . -)")],
-    password: Annotated[Optional[str], typer.Option("--password", "-p", help="password (prompted when left out)")] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="set a new password for an existing user")] = False,
+    password: Annotated[
+        Optional[str], typer.Option("--password", "-p", help="password (prompted when left out)")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="set a new password for an existing user")
+    ] = False,
 ) -> None:
     """Create a user; non-interactive when --password is given."""
     from app.cli import settings_from
@@ -34,7 +42,9 @@ def add_cmd(
 def remove_cmd(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="user name")],
-    forget: Annotated[bool, typer.Option("--forget", help="also delete the user's memory and session log")] = False,
+    forget: Annotated[
+        bool, typer.Option("--forget", help="also delete the user's memory and session log")
+    ] = False,
 ) -> None:
     """Remove a user's sign-in (and with --forget everything stored about them)."""
     from app.cli import settings_from
@@ -58,7 +68,9 @@ def list_cmd(ctx: typer.Context) -> None:
 
     users = UserStore.for_data_dir(settings_from(ctx).data_dir).list()
     if not users:
-        typer.echo("no users yet: `cdra users add NAME --password P` (or start `cdra chat`, which creates one)")
+        typer.echo(
+            "no users yet: `cdra users add NAME --password P` (or start `cdra chat`, which creates one)"
+        )
     for user in users:
         typer.echo(f"{user.name}\tcreated {user.created}")
 
@@ -67,9 +79,13 @@ def list_cmd(ctx: typer.Context) -> None:
 def export_cmd(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write (one line per turn)")],
-    since: Annotated[Optional[str], typer.Option(help="only turns at or after this date/time (ISO 8601)")] = None,
+    since: Annotated[
+        Optional[str], typer.Option(help="only turns at or after this date/time (ISO 8601)")
+    ] = None,
     user: Annotated[Optional[str], typer.Option("--user", "-u", help="only this user's turns")] = None,
-    include_failed: Annotated[bool, typer.Option("--include-failed", help="also failed/abandoned turns")] = False,
+    include_failed: Annotated[
+        bool, typer.Option("--include-failed", help="also failed/abandoned turns")
+    ] = False,
 ) -> None:
     """Export logged turns as JSONL for `cdra train retrain` (schema: docs/ARCHITECTURE.md)."""
     from app.assistant import open_log, user_preference_texts
@@ -77,8 +93,13 @@ def export_cmd(
 
     settings = settings_from(ctx)
     log = open_log(settings)
-    n = log.export_jsonl(out, since=since, user_id=user, include_failed=include_failed,
-                         user_preferences=lambda uid: user_preference_texts(settings, uid))
+    n = log.export_jsonl(
+        out,
+        since=since,
+        user_id=user,
+        include_failed=include_failed,
+        user_preferences=lambda uid: user_preference_texts(settings, uid),
+    )
     typer.echo(f"exported {n} turns to {out}")
 
 
@@ -101,15 +122,17 @@ def forget_cmd(
 @logs_app.command("prune")
 def prune_cmd(
     ctx: typer.Context,
-    older_than_days: Annotated[int, typer.Option("--older-than-days", min=0, help="retention: delete older turns")],
+    older_than_days: Annotated[
+        int, typer.Option("--older-than-days", min=0, help="retention: delete older turns")
+    ],
 ) -> None:
     """Retention: delete turns older than N days."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from app.assistant import open_log
     from app.cli import settings_from
 
-    cutoff = datetime.now(timezone.utc) - timedelta(days=older_than_days)
+    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     n = open_log(settings_from(ctx)).prune(cutoff)
     typer.echo(f"deleted {n} turns older than {cutoff.date()}")
 

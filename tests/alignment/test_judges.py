@@ -79,14 +79,13 @@ def test_pairwise_both_orders_turn_position_bias_into_a_tie():
 def test_rubric_requests_render_every_rubric():
     for rubric in YES_NO_RUBRICS:
         req = rubric_request(rubric, preference="Avoids cats (allergy).", query="Weekend ideas?",
-                             response="Visit the cat café!", history=[{"role": "user", "content": "I sneeze near cats."}],
-                             notes="Must avoid animals.", meta={"item_id": "i1"})
+                             response="Visit the cat café!", notes="Must avoid animals.", meta={"item_id": "i1"})
         text = json.dumps(req.messages)
         assert "Visit the cat caf" in text and '\\"verdict\\"' in text and req.meta == {"item_id": "i1"}
     with pytest.raises(Exception, match="unknown rubric"):
         rubric_request("nope", preference="p", query="q", response="r")
     aloe = aloe_turn_request(profile="A marathon runner", personality="dry", hidden_preferences=["numbers"],
-                             history=[], message="hi", response="hello")
+                             message="hi", response="hello")
     assert aloe.kind == "rating" and "marathon" in aloe.messages[-1]["content"]
 
 
@@ -137,7 +136,12 @@ def test_real_judge_reads_verdicts_from_probabilities_and_caches(default_engine,
         assert j.verdict == (j.probabilities["yes"] >= 0.5)
         assert j.raw and j.rationale  # the judge's own text is kept, parseable or not
         assert (j.json_error is None) == (j.json_verdict is not None)
-    assert stats.generate_calls == 1 and stats.score_calls == 1 and stats.scored == 4
+    assert stats.generate_calls == 1 and stats.score_calls == 1 and stats.scored == 2  # one forward per judgment
+    # the one-pass reading equals scoring each option's full text with Engine.score
+    request, judgment = requests[0], first[0]
+    prefix = verdict_prefix(judgment.rationale, "yesno")
+    scored = default_engine.score([list(request.messages)] * 2, [prefix + "yes", prefix + "no"])
+    assert softmax([s.logprob for s in scored])[0] == pytest.approx(judgment.probabilities["yes"], abs=1e-3)
 
     again = Judge(lambda: pytest.fail("a cached run must not load the judge"), "default:test",
                   JudgeConfig(max_new_tokens=12, batch_size=4), cache, CallStats())

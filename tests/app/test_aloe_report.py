@@ -40,13 +40,16 @@ def test_reproduces_the_papers_table_2():
         assert rows[model].per_turn == pytest.approx(means)
         assert rows[model].average == pytest.approx(average, abs=1e-9)
         assert rows[model].sessions == 5 and rows[model].counts == [5] * 10
-    assert "| CDRA | 2.00 | 3.40 | 4.00 | 4.20 | 4.40 | 4.40 | 4.60 | 4.20 | 4.00 | 4.00 | 3.92 | 5 |" in to_markdown(
-        list(rows.values()))
+    assert (
+        "| CDRA | 2.00 | 3.40 | 4.00 | 4.20 | 4.40 | 4.40 | 4.60 | 4.20 | 4.00 | 4.00 | 3.92 | 5 |"
+        in to_markdown(list(rows.values()))
+    )
 
 
 def test_unfinished_sessions_rerating_and_sources():
     ratings = [
-        AloeRating("s1", "v1", 1, 2), AloeRating("s1", "v1", 1, 4),  # re-rated: the last counts
+        AloeRating("s1", "v1", 1, 2),
+        AloeRating("s1", "v1", 1, 4),  # re-rated: the last counts
         AloeRating("s1", "v1", 2, 5),
         AloeRating("s2", "v1", 1, 2),  # stopped after one turn
         AloeRating("s3", "v1", 1, 3, source="simulated"),
@@ -59,10 +62,11 @@ def test_unfinished_sessions_rerating_and_sources():
     assert {r.label for r in rows} == {"v1 (human)", "v1 (simulated)"}
 
 
-@pytest.mark.parametrize("kwargs", [dict(turn=0), dict(turn=11), dict(rating=0), dict(rating=6), dict(rating=4.5),
-                                    dict(source="guess")])
+@pytest.mark.parametrize(
+    "kwargs", [{"turn": 0}, {"turn": 11}, {"rating": 0}, {"rating": 6}, {"rating": 4.5}, {"source": "guess"}]
+)
 def test_bad_ratings_are_clear_errors(kwargs):
-    fields = dict(session_id="s", policy_version="v", turn=1, rating=3) | kwargs
+    fields = {"session_id": "s", "policy_version": "v", "turn": 1, "rating": 3} | kwargs
     with pytest.raises(CdraError):
         AloeRating(**fields)
 
@@ -71,7 +75,11 @@ def test_write_report_files(tmp_path):
     report = write_aloe_report(paper_ratings(), tmp_path / "report")
     assert report.png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(report.csv_path.open()))
-    assert {r["policy_version"]: r["average"] for r in rows} == {"CDRA": "3.9200", "CoT": "3.7200", "GRPO": "3.1800"}
+    assert {r["policy_version"]: r["average"] for r in rows} == {
+        "CDRA": "3.9200",
+        "CoT": "3.7200",
+        "GRPO": "3.1800",
+    }
     assert "k=10" in report.markdown_path.read_text()
     with pytest.raises(CdraError, match="no ALOE ratings"):
         write_aloe_report([], tmp_path / "empty")
@@ -86,8 +94,16 @@ def test_cli_report_from_the_session_log(settings, tmp_path, monkeypatch):
     for status, version, scores in (("finished", "policy-0001", [2, 3, 4]), ("paused", "policy-0002", [5])):
         sid = log.start_session("eve", "aloe", {"policy_version": version})
         for k, score in enumerate(scores, 1):
-            tid = log.log_turn(TurnRecord(user_id="eve", session_id=sid, mode="aloe", query=f"q{k}", answer="a",
-                                          model_versions={"policy": version}))
+            tid = log.log_turn(
+                TurnRecord(
+                    user_id="eve",
+                    session_id=sid,
+                    mode="aloe",
+                    query=f"q{k}",
+                    answer="a",
+                    model_versions={"policy": version},
+                )
+            )
             log.set_rating("eve", tid, score)
         log.update_session("eve", sid, status=status)
     _register()
@@ -105,8 +121,16 @@ def test_cli_report_from_the_session_log(settings, tmp_path, monkeypatch):
 def _answer(log, user: str, session_id: str, k: int, version: str = "policy-0001") -> str:
     from memory.session_log import TurnRecord
 
-    return log.log_turn(TurnRecord(user_id=user, session_id=session_id, mode="aloe", query=f"q{k}", answer=f"a{k}",
-                                   model_versions={"policy": version}))
+    return log.log_turn(
+        TurnRecord(
+            user_id=user,
+            session_id=session_id,
+            mode="aloe",
+            query=f"q{k}",
+            answer=f"a{k}",
+            model_versions={"policy": version},
+        )
+    )
 
 
 def test_aloe_session_gating_pause_resume_and_finish(tmp_path):

@@ -26,7 +26,8 @@ def run_cdra(args: list[str], data_dir: Path, model_cache: Path, **env: str) -> 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CDRA_")}
     full_env.update(CDRA_DATA_DIR=str(data_dir), CDRA_MODEL_CACHE_DIR=str(model_cache), HF_HUB_OFFLINE="1",
                     TRANSFORMERS_OFFLINE="1", COLUMNS="200", **env)
-    return subprocess.run([*cdra_command(), *args], env=full_env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*cdra_command(), *args], env=full_env, capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def closed_port() -> int:

@@ -22,9 +22,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-22"}
-PERSONA = {"id": "runner", "profile": "A 33-year-old engineer who runs marathons and lives in a small flat.",
-           "personality": "spontaneous, witty", "hidden_preferences": ["Allergic to cats", "Likes concrete numbers"],
-           "opening": "I have a free weekend. Any ideas?"}
+PERSONA = {
+    "id": "runner",
+    "profile": "A 33-year-old engineer who runs marathons and lives in a small flat.",
+    "personality": "spontaneous, witty",
+    "hidden_preferences": ["Allergic to cats", "Likes concrete numbers"],
+    "opening": "I have a free weekend. Any ideas?",
+}
 TIMEOUT_MS = 240_000
 
 
@@ -35,8 +39,16 @@ def _free_port() -> int:
 
 
 def _cli(env: dict, *args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-c", "from app.cli import main; main()", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +58,35 @@ def server(tmp_path_factory, model_cache):
     personas.write_text(json.dumps(PERSONA) + "\n")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDRA_")}
-    env.update(CDRA_DATA_DIR=str(data), CDRA_MODEL_CACHE_DIR=str(model_cache), CDRA_CHAT__MAX_NEW_TOKENS="32",
-               CDRA_CHAT__TEMPERATURE="0", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", NO_PROXY="*")
+    env.update(
+        CDRA_DATA_DIR=str(data),
+        CDRA_MODEL_CACHE_DIR=str(model_cache),
+        CDRA_CHAT__MAX_NEW_TOKENS="32",
+        CDRA_CHAT__TEMPERATURE="0",
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_OFFLINE="1",
+        NO_PROXY="*",
+    )
     for user, password in PASSWORDS.items():
         done = _cli(env, "users", "add", user, "--password", password)
         assert done.returncode == 0, done.stderr
     log_file = (data.parent / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-c", "from app.cli import main; main()", "chat", "--port", str(port),
-                             "--personas", str(personas)], cwd=REPO, env=env, stdout=log_file,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from app.cli import main; main()",
+            "chat",
+            "--port",
+            str(port),
+            "--personas",
+            str(personas),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while True:
@@ -82,8 +114,15 @@ def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (never `playwright install`)")
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"])
+        chromium = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-gpu",
+            ],
+        )
         yield chromium
         chromium.close()
 
@@ -159,7 +198,9 @@ def flow(server, browser, artifacts_dir, page) -> None:
     page.wait_for_function("() => document.querySelector('#turn-status').innerText.includes('Thanks')")
     page.fill("#correction textarea", "I'd rather have ideas for indoors.")
     page.locator("#send-correction").click()
-    page.wait_for_function("() => document.querySelector('#turn-status').innerText.includes('Correction saved')")
+    page.wait_for_function(
+        "() => document.querySelector('#turn-status').innerText.includes('Correction saved')"
+    )
     page.screenshot(path=str(artifacts_dir / "chat.png"), full_page=True)
 
     # -- memory panel: the statement is there with its evidence; delete it -----------------------------------
@@ -175,15 +216,21 @@ def flow(server, browser, artifacts_dir, page) -> None:
     page.locator("#aloe-start").click()
     page.wait_for_function("() => document.querySelector('#aloe-status').innerText.includes('Turn 0/10')")
     assert page.locator("#aloe-message textarea").input_value() == PERSONA["opening"]
-    for k, (message, score) in enumerate([(PERSONA["opening"], "4"), ("Something near home, please.", "5")], 1):
+    for k, (message, score) in enumerate(
+        [(PERSONA["opening"], "4"), ("Something near home, please.", "5")], 1
+    ):
         page.fill("#aloe-message textarea", message)
         page.locator("#aloe-send").click()
-        page.wait_for_function(f"() => document.querySelector('#aloe-status').innerText.includes('Rate turn {k}')",
-                               timeout=TIMEOUT_MS)
+        page.wait_for_function(
+            f"() => document.querySelector('#aloe-status').innerText.includes('Rate turn {k}')",
+            timeout=TIMEOUT_MS,
+        )
         assert page.locator("#aloe-send").is_disabled()  # no next turn before this one is rated
         page.locator("#aloe-rating").get_by_label(score).check()
         page.locator("#aloe-rate").click()
-        page.wait_for_function(f"() => document.querySelector('#aloe-status').innerText.includes('Write turn {k + 1}')")
+        page.wait_for_function(
+            f"() => document.querySelector('#aloe-status').innerText.includes('Write turn {k + 1}')"
+        )
     page.screenshot(path=str(artifacts_dir / "aloe.png"), full_page=True)
     page.locator("#aloe-pause").click()
     page.wait_for_function("() => document.querySelector('#aloe-status').innerText.includes('paused')")
@@ -192,7 +239,9 @@ def flow(server, browser, artifacts_dir, page) -> None:
     bob_ctx, bob = sign_in(browser, server["url"], "bob")
     assert bob.locator("#chatbot .message").count() == 0
     bob.get_by_role("tab", name="Memory").click()
-    bob.wait_for_function("() => document.querySelector('#memory-summary').innerText.includes('0 preference')")
+    bob.wait_for_function(
+        "() => document.querySelector('#memory-summary').innerText.includes('0 preference')"
+    )
     assert "cats" not in bob.locator("#memory-table").inner_text().lower()
     bob.get_by_role("tab", name="ALOE evaluation").click()
     bob.locator("#aloe-sessions input").click()
@@ -210,8 +259,10 @@ def flow(server, browser, artifacts_dir, page) -> None:
     assert chat_turns[0]["feedback"] == "up" and chat_turns[1]["feedback"] is None
     assert chat_turns[1]["correction"] == "I'd rather have ideas for indoors."
     assert any("cats" in p.lower() for p in chat_turns[1]["retrieved_preferences"])
-    assert all(t["model_versions"]["policy"].startswith("default:") and t["latency_ms"]["generation"] > 0
-               for t in chat_turns)
+    assert all(
+        t["model_versions"]["policy"].startswith("default:") and t["latency_ms"]["generation"] > 0
+        for t in chat_turns
+    )
     aloe = log.sessions(user_id="alice", mode="aloe")
     assert len(aloe) == 1 and aloe[0]["status"] == "paused" and aloe[0]["meta"]["persona"]["id"] == "runner"
     rated = log.turns(user_id="alice", session_id=aloe[0]["session_id"])

@@ -63,7 +63,9 @@ def test_auth_off_is_single_user_and_loopback_only(settings):
 
     off = settings.model_copy(update={"chat": settings.chat.model_copy(update={"auth": False})})
     assert prepare_auth(off) is None
-    exposed = settings.model_copy(update={"chat": settings.chat.model_copy(update={"auth": False, "host": "0.0.0.0"})})
+    exposed = settings.model_copy(
+        update={"chat": settings.chat.model_copy(update={"auth": False, "host": "0.0.0.0"})}
+    )
     with pytest.raises(CdraError, match="only listens on 127.0.0.1"):
         prepare_auth(exposed)
     check = prepare_auth(settings)  # auth on, empty store: an account is created and printed
@@ -87,9 +89,19 @@ def test_users_and_logs_cli(settings, tmp_path):
     assert UserStore.for_data_dir(settings.data_dir).verify("alice", "s3cret-pass")
 
     log = SessionLog(default_log_path(settings.logs_dir))
-    log.log_turn(TurnRecord(user_id="alice", session_id="s1", mode="ask", query="hi", answer="hello",
-                            time="2021-06-01T00:00:00.000+00:00"))
-    log.log_turn(TurnRecord(user_id="alice", session_id="s1", mode="ask", query="again", answer="hello again"))
+    log.log_turn(
+        TurnRecord(
+            user_id="alice",
+            session_id="s1",
+            mode="ask",
+            query="hi",
+            answer="hello",
+            time="2021-06-01T00:00:00.000+00:00",
+        )
+    )
+    log.log_turn(
+        TurnRecord(user_id="alice", session_id="s1", mode="ask", query="again", answer="hello again")
+    )
     out = tmp_path / "turns.jsonl"
     result = runner.invoke(app, ["logs", "export", "--out", str(out), "--since", "2024-01-01"], env=env)
     assert result.exit_code == 0, result.output

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,16 +14,40 @@ import pytest
 from alignment.errors import CdraError
 from memory.session_log import SessionLog, TurnRecord, parse_since
 
-EXPORT_KEYS = {"user_id", "session_id", "turn_id", "time", "mode", "query", "history", "retrieved_preferences",
-               "user_preferences", "reasoning_steps", "answer", "model_versions", "latency_ms", "feedback",
-               "correction", "rating", "persona"}
+EXPORT_KEYS = {
+    "user_id",
+    "session_id",
+    "turn_id",
+    "time",
+    "mode",
+    "query",
+    "history",
+    "retrieved_preferences",
+    "user_preferences",
+    "reasoning_steps",
+    "answer",
+    "model_versions",
+    "latency_ms",
+    "feedback",
+    "correction",
+    "rating",
+    "persona",
+}
 
 
 def _turn(user: str, session: str, query: str, **kw) -> TurnRecord:
-    return TurnRecord(user_id=user, session_id=session, mode=kw.pop("mode", "chat"), query=query,
-                      answer=kw.pop("answer", f"answer to {query}"), reasoning_steps=["deep", "risk", "plan"],
-                      retrieved_preferences=["Avoids cats (allergy)"], model_versions={"policy": "v1"},
-                      latency_ms={"retrieval": 3.0, "generation": 120.0}, **kw)
+    return TurnRecord(
+        user_id=user,
+        session_id=session,
+        mode=kw.pop("mode", "chat"),
+        query=query,
+        answer=kw.pop("answer", f"answer to {query}"),
+        reasoning_steps=["deep", "risk", "plan"],
+        retrieved_preferences=["Avoids cats (allergy)"],
+        model_versions={"policy": "v1"},
+        latency_ms={"retrieval": 3.0, "generation": 120.0},
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -91,7 +115,12 @@ def test_export_schema_since_and_failed_turns(log, tmp_path):
     assert n == len(lines) == 1
     line = lines[0]
     assert EXPORT_KEYS <= set(line)
-    assert (line["query"], line["feedback"], line["correction"], line["rating"]) == ("new", "down", "shorter please", None)
+    assert (line["query"], line["feedback"], line["correction"], line["rating"]) == (
+        "new",
+        "down",
+        "shorter please",
+        None,
+    )
     assert line["user_preferences"] == ["alice likes tea"] and line["persona"] == {"id": "p1"}
     assert log.export_jsonl(out, include_failed=True) == 3
     with pytest.raises(CdraError, match="since"):
@@ -107,7 +136,7 @@ def test_forget_user_and_prune(log):
     assert log.forget_user("alice") == 1
     assert log.turns(user_id="alice") == [] and log.sessions(user_id="alice") == []
     assert len(log.turns(user_id="bob")) == 1
-    cutoff = datetime.now(timezone.utc) + timedelta(seconds=1)
+    cutoff = datetime.now(UTC) + timedelta(seconds=1)
     assert log.prune(cutoff) == 1
     assert log.turns() == [] and log.sessions() == []
 
@@ -137,7 +166,7 @@ log._db.execute("BEGIN IMMEDIATE")
 log._db.execute("INSERT INTO sessions(session_id, user_id, mode, started, updated) VALUES ('half', 'carol', 'ask', 't', 't')")
 os._exit(1)
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=str(Path(__file__).parents[2]))
+    proc = subprocess.run([sys.executable, "-c", script], check=False, cwd=str(Path(__file__).parents[2]))
     assert proc.returncode == 1
     reopened = SessionLog(log.path)
     carol = reopened.turns(user_id="carol")

@@ -1,0 +1,188 @@
+"""A GGUF model through llama.cpp (llama-cpp-python) on the CPU: generation, streaming, scoring.
+
+The default path is the packaged SmolLM2 GGUF itself, so no conversion is needed. Prompts use the
+GGUF's own chat template and give the same token ids as the transformers tokenizer; scoring keeps
+every position's logits (``logits_all``), which llama.cpp only fills for the tokens it evaluates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from alignment.engines.base import (
+    Completion,
+    Conversation,
+    EmptyPromptError,
+    Engine,
+    EngineError,
+    PromptTooLongError,
+    SamplingParams,
+    Scored,
+    check_conversation,
+)
+from alignment.engines.spec import ModelSpec
+from alignment.engines.tokens import TokenLogprob
+
+#: the context we allocate; the logits buffer is n_ctx x vocab floats of virtual memory, touched lazily
+DEFAULT_N_CTX = 4096
+#: sampling knobs llama.cpp turns on by default that our SamplingParams do not have
+_PLAIN = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0}
+
+
+class LlamaCppEngine(Engine):
+    def __init__(self, spec: ModelSpec, version: str | None = None, n_ctx: int = DEFAULT_N_CTX) -> None:
+        try:
+            import llama_cpp
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as exc:
+            raise EngineError(f"backend=llamacpp needs llama-cpp-python ({exc}): pip install '.[bench]'") from exc
+        if spec.path:
+            path = Path(spec.path)
+        else:
+            from alignment.engines.default_model import packaged_gguf_path
+
+            path = packaged_gguf_path()
+        if not path.is_file() or path.suffix != ".gguf":
+            raise EngineError(f"no GGUF file at {path}: backend=llamacpp needs `path` to a .gguf file "
+                              "(or none, for the packaged default)")
+        if spec.adapter:
+            raise EngineError("backend=llamacpp does not load PEFT adapters: merge the adapter and convert to GGUF, "
+                              "or use backend=transformers")
+        threads = os.cpu_count() or 1
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                       logits_all=True, verbose=False)
+        except Exception as exc:
+            raise EngineError(f"llama.cpp could not load {path}: {exc}") from exc
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise EngineError(f"{path} has no chat template in its metadata: use a chat model's GGUF")
+        self._formatter = Jinja2ChatFormatter(template=template, eos_token=self._special(self.llm.token_eos()),
+                                              bos_token=self._special(self.llm.token_bos()))
+        self.context_window = self.llm.n_ctx()
+        self.description = f"llamacpp:{path}"
+        self.version = version or hashlib.sha1(self.description.encode()).hexdigest()[:10]
+        self._lock = threading.Lock()
+
+    def _special(self, token_id: int) -> str:
+        return self.llm.detokenize([token_id], special=True).decode("utf-8", errors="replace")
+
+    # -- tokens ----------------------------------------------------------------------------------
+    def prompt_ids(self, conversation: Conversation) -> list[int]:
+        check_conversation(conversation)
+        prompt = self._formatter(messages=[dict(m) for m in conversation]).prompt
+        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
+    def count_tokens(self, conversation: Conversation) -> int:
+        return len(self.prompt_ids(conversation))
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=True)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.llm.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
+
+    def _check_fits(self, n_prompt: int, max_new_tokens: int) -> None:
+        if n_prompt + max_new_tokens > self.context_window:
+            raise PromptTooLongError(
+                f"the prompt has {n_prompt} tokens; with {max_new_tokens} new tokens it exceeds the "
+                f"context window of {self.context_window}: shorten the message or the history"
+            )
+
+    # -- generation ------------------------------------------------------------------------------
+    def _kwargs(self, params: SamplingParams, sample: int) -> dict:
+        kwargs = {"max_tokens": params.max_new_tokens, "temperature": max(0.0, params.temperature),
+                  "top_p": params.top_p, "stop": list(params.stop) or None, **_PLAIN}
+        if params.seed is not None:
+            kwargs["seed"] = params.seed + sample  # n seeded samples are n different draws
+        return kwargs
+
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[Completion]]:
+        return self.complete_ids([self.prompt_ids(c) for c in conversations], params)
+
+    def complete_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        rows = [list(p) for p in prompts]
+        for r in rows:
+            if not r:
+                raise EmptyPromptError("the prompt is empty: send some text")
+            self._check_fits(len(r), params.max_new_tokens)
+        results = []
+        with self._lock:
+            for row in rows:
+                samples = []
+                for j in range(params.n):
+                    out = self.llm.create_completion(prompt=row, **self._kwargs(params, j))
+                    choice, usage = out["choices"][0], out["usage"]
+                    text = choice["text"]
+                    samples.append(Completion(text=text, finish_reason="length" if choice["finish_reason"] == "length"
+                                              else "stop", prompt_tokens=usage["prompt_tokens"],
+                                              completion_tokens=usage["completion_tokens"], token_ids=self.encode(text)))
+                results.append(samples)
+        return results
+
+    def stream(self, conversation: Conversation, params: SamplingParams) -> Iterator[str]:
+        row = self.prompt_ids(conversation)
+        self._check_fits(len(row), params.max_new_tokens)
+        with self._lock:
+            for chunk in self.llm.create_completion(prompt=row, stream=True, **self._kwargs(params, 0)):
+                text = chunk["choices"][0]["text"]
+                if text:
+                    yield text
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def score(self, conversations: Sequence[Conversation], continuations: Sequence[str]) -> list[Scored]:
+        if len(conversations) != len(continuations):
+            raise ValueError("score() needs one continuation per conversation")
+        pairs = [(self.prompt_ids(c), self.encode(t)) for c, t in zip(conversations, continuations)]
+        out = []
+        for (p, c), entries in zip(pairs, self.sequence_logprobs([p + c for p, c in pairs])):
+            token_lp = [float(e.logprob) for e in entries[len(p) : len(p) + len(c)] if e.logprob is not None]
+            out.append(Scored(logprob=sum(token_lp), token_logprobs=token_lp))
+        return out
+
+    def sequence_logprobs(
+        self, rows: Sequence[Sequence[int]], top_k: int = 0, next_token: bool = False
+    ) -> list[list[TokenLogprob]]:
+        results = []
+        with self._lock:
+            for row in (list(r) for r in rows):
+                self._check_fits(len(row), 0)
+                results.append(self._row_logprobs(row, top_k, next_token) if row else [])
+        return results
+
+    def _row_logprobs(self, row: list[int], top_k: int, next_token: bool) -> list[TokenLogprob]:
+        self.llm.reset()
+        self.llm.eval(row)
+        logits = np.asarray(self.llm.scores[: len(row)], dtype=np.float64)
+        logprobs = logits - _logsumexp(logits)
+        entries = [TokenLogprob(row[0], self.decode([row[0]]), None)]
+        for pos in range(1, len(row)):
+            lp = logprobs[pos - 1]
+            entries.append(TokenLogprob(row[pos], self.decode([row[pos]]), float(lp[row[pos]]), self._top(lp, top_k)))
+        if next_token:
+            lp = logprobs[-1]
+            best = int(lp.argmax())
+            entries.append(TokenLogprob(best, self.decode([best]), float(lp[best]), self._top(lp, top_k)))
+        self.llm.reset()  # the next completion must not reuse this row as a cached prefix blindly
+        return entries
+
+    def _top(self, lp: np.ndarray, k: int) -> list[tuple[str, float]]:
+        if not k:
+            return []
+        idx = np.argpartition(-lp, k)[:k]
+        idx = idx[np.argsort(-lp[idx])]
+        return [(self.decode([int(i)]), float(lp[i])) for i in idx]
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=-1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
