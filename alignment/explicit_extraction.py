@@ -38,8 +38,8 @@ _HEALTH = re.compile(r"\b(?:allerg|intoleran|gluten|dairy|lactose|nuts?\b|peanut
                      r"phobia|asthma|migraine|pregnan|injur|sugar|caffeine|alcohol|knee|sensitive skin)", re.I)
 _DIET = re.compile(r"\b(?:vegan|vegetarian|pescatarian|kosher|halal|meat|pork|beef|seafood|fish|spicy|food|cuisine|"
                    r"eat|eating|diet|dish|dishes|restaurants?|dining)\b", re.I)
-_STYLE = re.compile(r"\b(?:concise|short|brief|detailed|jargon|formal|casual|bullet|emojis?|technical|long answers|"
-                    r"simple|step[- ]by[- ]step|examples|tone|explanations?)\b", re.I)
+_STYLE = re.compile(r"\b(?:concise|jargon|bullet points?|emojis?|technical terms|step[- ]by[- ]step|tone|small talk|"
+                    r"explanations?|answers|replies|responses)\b", re.I)
 _BUDGET = re.compile(r"\b(?:cheap|expensive|budget|price|afford|luxury|costs?)\b", re.I)
 _RISK = re.compile(r"\b(?:danger\w*|extreme|risk\w*|safety|heights|crowds?|crowded|at night|alone)\b", re.I)
 _PRIVACY = re.compile(r"\b(?:location|address|privacy|private|personal data|phone number|my name|identity|surveillance)\b",

@@ -209,9 +209,8 @@ _ANSWER_LABEL = re.compile(r"^[ \t>*#-]*\**\s*(?:final\s+)?answer\s*\**\s*[:.-]\
 
 def visible_reply(text: str) -> str:
     """What the user would read: the text after the last ``Answer:`` label, else the whole response."""
-    last = None
-    for last in _ANSWER_LABEL.finditer(text):
-        pass
+    matches = list(_ANSWER_LABEL.finditer(text))
+    last = matches[-1] if matches else None
     reply = text[last.end():].strip() if last else text.strip()
     return reply or text.strip()
 

@@ -581,7 +581,7 @@ def _sha256(path: Path) -> str:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                             capture_output=True, text=True, timeout=5)
+                             capture_output=True, text=True, timeout=5, check=False)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -646,8 +646,8 @@ def _write_folder(settings: Settings, config: EvalRunConfig, items, resolved, ju
     files.append(out / "radar.png")
     sections = [
         f"# Evaluation report — {dataset}\n",
-        f"Test set `{config.testset}` ({len(items)} items), judge `{judge_model.key}`, "
-        f"{config.n_boot} bootstrap resamples, seed {config.seed}. Exact configuration: `config.json`.\n",
+        (f"Test set `{config.testset}` ({len(items)} items), judge `{judge_model.key}`, "
+         f"{config.n_boot} bootstrap resamples, seed {config.seed}. Exact configuration: `config.json`.\n"),
         "## Table 1 — core performance and deep reasoning quality\n", table1(result.rows, dataset),
         "## Explicit preference errors (PrefEval; lower is better)\n", error_table(result.rows),
         "## Table 3 — reward modeling paradigms\n", table3(result.rows),
@@ -656,8 +656,8 @@ def _write_folder(settings: Settings, config: EvalRunConfig, items, resolved, ju
     if forms:
         sections += ["## By preference form\n", forms]
     sections += ["## Judge: readable verdicts\n",
-                 "Verdicts are read from the judge's probabilities after its rationale on local engines, from its "
-                 "JSON otherwise; unreadable ones are counted here and left out of the percentages above.\n",
+                 ("Verdicts are read from the judge's probabilities after its rationale on local engines, from its "
+                  "JSON otherwise; unreadable ones are counted here and left out of the percentages above.\n"),
                  judge_table(result.judge_counts)]
     if aloe_ratings:
         from app.aloe_report import to_markdown, write_aloe_report

@@ -75,9 +75,21 @@ class BuildConfig:
         return asdict(self)
 
 
+def _prompts_digest() -> str:
+    """Changes whenever a council or critique prompt changes, so a resume never mixes two prompt versions."""
+    from alignment.prompts import council
+    from alignment.prompts.prm import STEP_CRITIQUE_PROMPT
+
+    templates = [council.PROPOSE_PROMPT, council.VALUE_PROMPT, council.ANSWER_PROMPT, STEP_CRITIQUE_PROMPT]
+    text = repr([[(type(m).__name__, getattr(getattr(m, "prompt", None), "template", str(m))) for m in t.messages]
+                 for t in templates]) + repr(council.PERSONAS) + repr(council.evaluator_demonstrations())
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def fingerprint(config: BuildConfig, teacher: Engine, evaluator: Engine) -> str:
-    """What the records depend on: the config (batching aside) and the engines' versions."""
+    """What the records depend on: the config (batching aside), the prompts and the engines' versions."""
     payload = config.to_dict()
+    payload["prompts"] = _prompts_digest()
     payload["council"].pop("batched")
     payload["annotation"].pop("batched")
     payload["max_consecutive_failures"] = None
@@ -220,7 +232,8 @@ def build_deeppref(
         if on_scenario is not None:
             on_scenario(scenario, result)
     bar.close()
-    assemble(out_dir, scenarios, config, summary)
+    if summary.computed + summary.resumed:  # with nothing finished, earlier outputs are left as they are
+        assemble(out_dir, scenarios, config, summary)
     if summary.failed:
         sid, err = summary.failed[0]
         raise CdraError(

@@ -1,8 +1,8 @@
 """Step-wise critique and score (CDRA §2.2 stage 2): the evaluator reads (P, q, τ^{≤j}) and writes c^j, then r^j.
 
 Segments are the path's steps and then its answer (the last segment), exactly as Pers-GenPRM scores a
-policy response. The evaluator is prompted with ``alignment/prompts/prm.py``'s STEP_CRITIQUE_PROMPT
-(plus two solved demonstrations) and its replies are read with ``alignment.critique.parse_step_judgment``,
+policy response. The evaluator gets Pers-GenPRM's own prompts (``alignment.prm.step_conversations``, plus
+two solved demonstrations) and its replies are read with ``alignment.critique.parse_step_judgment``,
 so each record holds precisely the critique-then-``SCORE`` text Pers-GenPRM learns. A judgment that
 cannot be read is retried; a path with a segment still unreadable is dropped and counted.
 """
@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from alignment.critique import ScoreParseError, StepJudgment, parse_step_judgment
 from alignment.engines.base import Engine, Message, SamplingParams
 from alignment.errors import CdraError
-from alignment.prompts import render
+from alignment.prm import segment_texts, step_conversations
 from alignment.prompts.council import evaluator_demonstrations
-from alignment.prompts.prm import STEP_CRITIQUE_PROMPT, format_previous_steps
 from training.council import ReasoningPath
 from training.scenarios import Scenario, derive_seed
 
@@ -78,20 +77,20 @@ class AnnotationStats:
 
 
 def segments_of(path: ReasoningPath) -> list[str]:
-    """What the PRM scores: each step, then the answer."""
-    return [*path.steps, path.answer]
+    """What Pers-GenPRM judges, in its own wording (``alignment.prm.segment_texts``): each step, then
+    the answer labelled ``Answer: …``."""
+    return segment_texts(path.steps, path.answer)
 
 
-def critique_conversation(preference: str, query: str, segments: list[str], j: int,
-                          demonstrations: bool = True) -> list[Message]:
-    """The evaluator's prompt for segment ``j`` (0-based): P, q, segments before j, and segment j as
-    "step j+1" (the answer is the step after the last reasoning step)."""
-    messages = render(STEP_CRITIQUE_PROMPT, preference=preference, query=query,
-                      previous_steps=format_previous_steps(segments[:j]), step_number=j + 1, step=segments[j])
+def critique_conversations(preference: str, query: str, path: ReasoningPath,
+                           demonstrations: bool = True) -> list[list[Message]]:
+    """The evaluator's prompt for every segment: Pers-GenPRM's own prompts
+    (``alignment.prm.step_conversations``), with the solved demonstrations after the instruction."""
+    convs = [list(c) for c in step_conversations(preference, query, segments_of(path))]
     if not demonstrations:
-        return messages
-    demo = evaluator_demonstrations()
-    return [messages[0], *demo[1:], *messages[1:]]
+        return convs
+    demo = evaluator_demonstrations()[1:]
+    return [[c[0], *demo, *c[1:]] for c in convs]
 
 
 def annotate_paths(engine: Engine, scenario: Scenario, paths: list[ReasoningPath], config: AnnotationConfig,
@@ -108,8 +107,9 @@ def annotate_paths(engine: Engine, scenario: Scenario, paths: list[ReasoningPath
         if attempt:
             stats.retries += len(pending)
         temperature = config.temperature if attempt == 0 else config.retry_temperature
-        convs = [critique_conversation(scenario.preference, scenario.query, segments_of(paths[i]), j,
-                                       config.demonstrations) for i, j in pending]
+        prompts = {i: critique_conversations(scenario.preference, scenario.query, paths[i], config.demonstrations)
+                   for i in {i for i, _ in pending}}
+        convs = [prompts[i][j] for i, j in pending]
         params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=temperature)
         if config.batched:
             calls = [(convs, pending, derive_seed(seed, scenario.id, "critique", attempt))]

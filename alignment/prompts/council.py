@@ -82,16 +82,16 @@ _VALUE_EXAMPLES: list[tuple[str, str, str, str]] = [
         "VALUE: 0.1",
     ),
     (
-        "I work night shifts and guard my mornings for sleep.",
-        "How should I organise my day?",
-        "A night worker needs protected sleep, so the plan should start from the sleep window, not a morning routine.",
-        "VALUE: 0.8",
-    ),
-    (
         "I want to get fit but I have a bad knee.",
         "Give me a training plan.",
         "Running every day builds fitness quickly.",
         "VALUE: 0.3",
+    ),
+    (
+        "I work night shifts and guard my mornings for sleep.",
+        "How should I organise my day?",
+        "A night worker needs protected sleep, so the plan should start from the sleep window, not a morning routine.",
+        "VALUE: 0.8",
     ),
 ]
 

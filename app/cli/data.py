@@ -172,6 +172,8 @@ def register_bench(bench_app: typer.Typer) -> None:
         count: Annotated[int, typer.Option(help="scenarios (trees) per mode")] = 2,
         depth: Annotated[int, typer.Option(help="tree depth")] = 2,
         personas: Annotated[str, typer.Option(help="comma-separated council personas")] = "Psychologist,Pragmatist",
+        thought_tokens: Annotated[int, typer.Option(help="budget of one thought")] = 40,
+        answer_tokens: Annotated[int, typer.Option(help="budget of one final answer")] = 64,
         seed: Annotated[int, typer.Option(help="build seed")] = 0,
     ) -> None:
         """Council trees on the teacher: nodes per second and model calls per tree, batched vs one call per node."""
@@ -187,7 +189,8 @@ def register_bench(bench_app: typer.Typer) -> None:
         settings = settings_from(ctx)
         items = read_scenarios(scenarios or SEED_SCENARIOS)[:count]
         config = CouncilConfig(personas=tuple(_split_list(personas) or ()), depth=depth, breadth=2,
-                               thought_max_new_tokens=40, value_samples=2, answer_max_new_tokens=64)
+                               thought_max_new_tokens=thought_tokens, value_samples=2,
+                               answer_max_new_tokens=answer_tokens)
         engine = engine_for(settings, "teacher")
         rows, ratio = bench_council(engine, items, config, seed=seed)
         table = Table("mode", "trees", "nodes", "model calls / tree", "seconds", "nodes / s",

@@ -16,10 +16,22 @@ DEV_PROMPTS = _REPO / "data" / "dev" / "alignment_dev.jsonl"
 Generations = Annotated[int, typer.Option("--generations", "-G", min=2, help="samples per prompt (G)")]
 CompletionLen = Annotated[int, typer.Option("--max-completion-length", min=4, help="tokens per sampled response")]
 PrmTokens = Annotated[int, typer.Option("--prm-max-new-tokens", min=4, help="tokens per PRM critique")]
+ReadoutGrid = Annotated[str, typer.Option(
+    "--readout-grid", help="score values the PRM weighs by probability when a judgment has no SCORE line")]
 Data = Annotated[Optional[Path], typer.Option("--data", help="(preference, query) JSONL: scenarios, D_RFT or D_Rea")]
 
 
-def _policy_and_prm(ctx: typer.Context, prm_max_new_tokens: int):
+def _grid(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise CdraError(f"--readout-grid must be comma-separated numbers, got {text!r}") from exc
+    if len(values) < 2 or any(not -1.0 <= v <= 1.0 for v in values):
+        raise CdraError("--readout-grid needs at least two values in [-1, 1]")
+    return values
+
+
+def _policy_and_prm(ctx: typer.Context, prm_max_new_tokens: int, readout_grid: str):
     from alignment.prm import PersGenPRM, PRMConfig
     from app.cli import settings_from
     from app.models import engine_for
@@ -27,7 +39,8 @@ def _policy_and_prm(ctx: typer.Context, prm_max_new_tokens: int):
 
     settings = settings_from(ctx)
     start = training_start(ModelRegistry(settings.registry_dir), "policy", settings.policy, settings.models_dir)
-    prm = PersGenPRM(engine_for(settings, "prm"), PRMConfig(max_new_tokens=prm_max_new_tokens, max_retries=0))
+    prm = PersGenPRM(engine_for(settings, "prm"), PRMConfig(max_new_tokens=prm_max_new_tokens, max_retries=0,
+                                                                 readout_grid=_grid(readout_grid)))
     return settings, start, prm
 
 
@@ -40,6 +53,7 @@ def register_bench(bench_app: typer.Typer) -> None:
         generations: Generations = 4,
         max_completion_length: CompletionLen = 48,
         prm_max_new_tokens: PrmTokens = 48,
+        readout_grid: ReadoutGrid = "-1,-0.5,0,0.5,1",
         methods: Annotated[str, typer.Option(help="comma-separated: cdpa, grpo-outcome, grpo-process")] = "cdpa,grpo-outcome",
         data: Data = None,
     ) -> None:
@@ -49,7 +63,7 @@ def register_bench(bench_app: typer.Typer) -> None:
         from training.bench_cdpa import DEFAULT_PROMPTS, bench_step_split, format_step_table
         from training.cdpa_trainer import CDPAConfig, prompt_records
 
-        settings, start, prm = _policy_and_prm(ctx, prm_max_new_tokens)
+        settings, start, prm = _policy_and_prm(ctx, prm_max_new_tokens, readout_grid)
         prompts = prompt_records(data) if data else list(DEFAULT_PROMPTS)
         config = CDPAConfig(num_generations=generations, max_completion_length=max_completion_length,
                             prompts_per_step=1, seed=settings.seed)
@@ -72,6 +86,7 @@ def register_bench(bench_app: typer.Typer) -> None:
         generations: Generations = 4,
         max_completion_length: CompletionLen = 48,
         prm_max_new_tokens: PrmTokens = 48,
+        readout_grid: ReadoutGrid = "-1,-0.5,0,0.5,1",
         learning_rate: Annotated[float, typer.Option(help="LoRA learning rate")] = 1e-4,
         method: Annotated[str, typer.Option(help="cdpa | grpo-outcome | grpo-process")] = "cdpa",
         out: Annotated[Optional[Path], typer.Option(help="run directory (default: <data_dir>/runs/bench-cdpa-reward)")] = None,
@@ -86,7 +101,7 @@ def register_bench(bench_app: typer.Typer) -> None:
         records = prompt_records(source)
         if len(records) < train + val:
             raise CdraError(f"{source} has {len(records)} distinct (preference, query) pairs; need {train + val}")
-        settings, start, prm = _policy_and_prm(ctx, prm_max_new_tokens)
+        settings, start, prm = _policy_and_prm(ctx, prm_max_new_tokens, readout_grid)
         config = CDPAConfig(method=method, num_generations=generations, max_completion_length=max_completion_length,
                             prompts_per_step=1, max_steps=steps, eval_every=eval_every, learning_rate=learning_rate,
                             seed=settings.seed, max_val_prompts=val)

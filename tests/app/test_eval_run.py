@@ -189,3 +189,24 @@ def test_bench_eval_prints_the_batched_speed_ratio(cli, env):
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "one call per judgment" in result.output and "batched (4 per call)" in result.output
     assert "x |" in result.output
+
+
+@pytest.mark.slow
+def test_chroma_memory_store_puts_what_retrieval_finds_in_the_prompt(env):
+    """`--memory-store chroma`: the item's preference or conversation goes into a fresh vector memory."""
+    import tempfile
+
+    from alignment.methods import AlignmentItem
+    from app.reports import _ChromaContexts
+    from app.settings import load_settings
+
+    explicit = AlignmentItem(id="e", preference="I strictly avoid restaurants that serve gluten (severe intolerance).",
+                             query="Which must-try restaurants in Rome would you recommend for me?")
+    implicit = AlignmentItem(id="i", preference="Avoids gluten.", query="Where should I get lunch near the office?",
+                             history=[{"role": "user", "content": "I can't eat gluten. Where can I get lunch?"},
+                                      {"role": "assistant", "content": "Try the salad bar."}])
+    with tempfile.TemporaryDirectory() as tmp:
+        contexts = _ChromaContexts(load_settings(data_dir=env / "data"), Path(tmp))
+        lines = contexts(explicit).preferences
+        assert any("gluten" in line for line in lines)
+        assert any("salad bar" in line for line in contexts(implicit).preferences)

@@ -81,7 +81,7 @@ def test_test_set_reads_as_a_datasets_directory(prefeval_root, tmp_path):
 def test_a_topic_outside_the_dev_subset_imports(prefeval_root, tmp_path):
     """The full benchmark has 20 topics; the importer must not know their names."""
     root = tmp_path / "benchmark_dataset"
-    for form, sub in FORMS.items():
+    for sub in FORMS.values():
         (root / sub).mkdir(parents=True)
         records = json.loads((prefeval_root / sub / "travel_restaurant.json").read_text())[:3]
         (root / sub / "travel_hotel.json").write_text(json.dumps(records))
