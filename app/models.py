@@ -21,8 +21,8 @@ def resolve_spec(settings: Settings, role: Role) -> tuple[ModelSpec, str | None]
     if spec.backend != "auto":
         return spec, None
     serving = ModelRegistry(settings.registry_dir).serving(role)
-    if serving is None:
-        return spec.model_copy(update={"backend": "default"}), None
+    if serving is None:  # nothing promoted yet: the configured base model (`path`), else the packaged default
+        return spec.model_copy(update={"backend": "transformers" if spec.path else "default"}), None
     if serving.weights_dir is not None:
         return spec.model_copy(update={"backend": "transformers", "path": str(serving.weights_dir)}), serving.version
     base = {"backend": "default"} if serving.base == "default" else {"backend": "transformers", "path": serving.base}

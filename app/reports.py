@@ -519,8 +519,8 @@ def radar_chart(rows: Sequence[RowResult], path: Path) -> None:
     ax.set_xticks(angles)
     ax.set_xticklabels([label for _, label in axes])
     ax.set_ylim(0, 100)
-    ax.set_title("Six metrics (higher is better on every axis)", pad=20)
-    ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.12), fontsize=8)
+    ax.set_title("Six metrics, % (higher is better on every axis)", pad=24)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     try:
         _atomic(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))

@@ -119,7 +119,7 @@ def status_line(result: TurnResult, k: int) -> str:
     if result.status != "ok":
         return f"Error: turn {k}: {html.escape(result.error or 'failed')}"
     lat = result.latency_ms
-    total = sum(v for k, v in lat.items() if k in ("retrieval", "prompt", "generation", "logging")) / 1000
+    total = sum(lat.get(phase, 0.0) for phase in ("retrieval", "prompt", "generation", "logging")) / 1000
     first = lat.get("first_token", 0.0) / 1000
     return (
         f"✓ turn {k} answered by policy `{result.version}` in {total:.1f} s (first token after {first:.1f} s)"
@@ -215,7 +215,7 @@ class App:
         kept = state["turns"][:-1] if previous else state["turns"]
         base = self._messages(kept) + [{"role": "user", "content": html.escape(query)}]
         bubble = {"role": "assistant", "content": render_answer("", streaming=True)}
-        yield "", base + [bubble], gr.skip(), "⏳ reading your memory…", state
+        yield "", base + [bubble], gr.skip(), "Reading your memory…", state
         meta = {"regenerated_from": previous["turn_id"]} if previous else {}
         events = self.assistant.stream_turn(
             user, state["session_id"], query, self._history(kept), mode="chat", meta=meta
@@ -226,7 +226,7 @@ class App:
             for event in events:
                 if event.kind == "retrieved":
                     panel = render_retrieved(event.retrieved)
-                    yield "", base + [bubble], panel, "⏳ writing…", state
+                    yield "", base + [bubble], panel, "Writing…", state
                 elif event.kind == "delta":
                     bubble = {"role": "assistant", "content": render_answer(event.text, streaming=True)}
                     yield gr.skip(), base + [bubble], gr.skip(), gr.skip(), state

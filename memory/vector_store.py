@@ -1,10 +1,12 @@
 """Per-user vector memory on chromadb: preference statements, past turns, the user's deletions and the
-inference log, each user in a collection of their own.
+inference log, in collections of that user's own.
 
-Isolation is structural: ``VectorMemory.for_user(uid)`` returns a ``UserMemory`` bound to one collection
-whose name is a SHA-256 of the user id (no crafted id can reach another user's collection), and every
-read and write also filters on ``user_id`` metadata (defense in depth). Embeddings are computed here and
-passed to chroma explicitly (no chroma embedding function, which would download a model).
+Isolation is structural: ``VectorMemory.for_user(uid)`` returns a ``UserMemory`` bound to two collections
+whose names derive from a SHA-256 of the user id (no crafted id can reach another user's collections):
+``u-…`` holds statements, suppressed texts and the inference log (small; every read filters on
+``user_id`` metadata), ``t-…`` holds past turns (large; searched without a metadata pre-filter, which
+would make each query scan every row, and every hit is checked to carry the user's id). Embeddings are
+computed here and passed to chroma explicitly (no chroma embedding function: it would download a model).
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ class ForgetIncompleteError(CdraError, RuntimeError):
     """forget() could not prove the user's data is gone from disk."""
 
 
-def collection_name(user_id: str) -> str:
-    """The user's collection: ``u-`` + SHA-256 of the id, so names never collide or carry the raw id."""
-    return "u-" + hashlib.sha256(user_id.encode("utf-8")).hexdigest()
+def collection_name(user_id: str, kind: str = "u") -> str:
+    """A user's collection: ``u-`` (statements) or ``t-`` (turns) + SHA-256 of the id: no collision, no raw id."""
+    return f"{kind}-" + hashlib.sha256(user_id.encode("utf-8")).hexdigest()
 
 
 def check_user_id(user_id: object) -> str:
@@ -150,39 +152,41 @@ class VectorMemory:
     def users(self) -> list[str]:
         """User ids that have a memory (read from each collection's metadata)."""
         names = _wrap("listing collections", lambda: self.client.list_collections())
-        out = []
+        out = set()
         for entry in names:
             name = entry if isinstance(entry, str) else entry.name
-            if not name.startswith("u-"):
+            if not name.startswith(("u-", "t-")):
                 continue
             col = _wrap("opening a collection", lambda n=name: self.client.get_collection(n, embedding_function=None))
             uid = (col.metadata or {}).get("user_id")
-            if uid and collection_name(uid) == name:
-                out.append(uid)
+            if uid and collection_name(uid, name[0]) == name:
+                out.add(uid)
         return sorted(out)
 
 
 class UserMemory:
-    """One user's memory. Every method reads or writes only that user's collection, filtered by user id."""
+    """One user's memory. Every method reads or writes only that user's two collections, checked by user id."""
 
     def __init__(self, store: VectorMemory, user_id: str) -> None:
         self.store = store
         self.user_id = user_id
         self.name = collection_name(user_id)
+        self.turns_name = collection_name(user_id, "t")
         self.config = store.config
 
     # -- plumbing --------------------------------------------------------------------------------------
-    def _get(self, create: bool):
-        """The user's collection, looked up on every call (cheap) so a forget() elsewhere is never stale."""
+    def _get(self, create: bool, turns: bool = False):
+        """One of the user's collections, looked up on every call (cheap) so a forget() elsewhere is never stale."""
         client = self.store.client
+        name = self.turns_name if turns else self.name
         if create:
             return _wrap("opening the user's collection", lambda: client.get_or_create_collection(
-                self.name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}},
-                metadata={"user_id": self.user_id, "kind": "cdra-user-memory"}))
+                name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}},
+                metadata={"user_id": self.user_id, "kind": "cdra-user-turns" if turns else "cdra-user-memory"}))
         from chromadb.errors import NotFoundError
 
         try:
-            return client.get_collection(self.name, embedding_function=None)
+            return client.get_collection(name, embedding_function=None)
         except NotFoundError:  # this user has no memory (yet, or any more)
             return None
         except Exception as exc:  # an unreachable server must not look like an empty memory
@@ -197,26 +201,30 @@ class UserMemory:
     def _base_meta(self, kind: str) -> dict[str, Any]:
         return {"user_id": self.user_id, "type": kind}
 
-    def _upsert(self, ids: list[str], vectors: np.ndarray, documents: list[str], metadatas: list[dict]) -> None:
+    def _upsert(self, ids: list[str], vectors: np.ndarray, documents: list[str] | None, metadatas: list[dict],
+                turns: bool = False) -> None:
         if not ids:
             return
-        col = self._get(create=True)
+        col = self._get(create=True, turns=turns)
         batch = max(1, _wrap("reading the batch size", lambda: self.store.client.get_max_batch_size()))
         for start in range(0, len(ids), batch):
             stop = start + batch
-            _wrap("writing records", lambda s=start, e=stop: col.upsert(
-                ids=ids[s:e], embeddings=vectors[s:e], documents=documents[s:e], metadatas=metadatas[s:e]))
+            docs = None if documents is None else documents[start:stop]
+            _wrap("writing records", lambda s=start, e=stop, d=docs: col.upsert(
+                ids=ids[s:e], embeddings=vectors[s:e], documents=d, metadatas=metadatas[s:e]))
 
     def _records(self, kind: str, include_embeddings: bool = False, extra: dict | None = None) -> dict:
-        col = self._get(create=False)
+        turns = kind == "turn"
+        col = self._get(create=False, turns=turns)
         if col is None:
             return {"ids": [], "documents": [], "metadatas": [], "embeddings": []}
         include = ["documents", "metadatas"] + (["embeddings"] if include_embeddings else [])
-        return _wrap("reading records", lambda: col.get(where=self._where(kind, extra), include=include))
+        where = {"user_id": self.user_id} if turns else self._where(kind, extra)
+        return _wrap("reading records", lambda: col.get(where=where, include=include))
 
     def count(self) -> int:
-        col = self._get(create=False)
-        return 0 if col is None else int(_wrap("counting", col.count))
+        cols = [self._get(create=False), self._get(create=False, turns=True)]
+        return sum(int(_wrap("counting", c.count)) for c in cols if c is not None)
 
     # -- preferences -----------------------------------------------------------------------------------
     @staticmethod
@@ -388,11 +396,12 @@ class UserMemory:
             session, turn_id = str(turn.get("session_id", "")), str(turn.get("turn_id", ""))
             ids.append(f"turn-{session}-{turn_id}" if turn_id else f"turn-{uuid.uuid4().hex}")
             docs.append(f"User: {user}\nAssistant: {assistant}")
-            metas.append({**self._base_meta("turn"), "session_id": session, "turn_id": turn_id, "user": user,
+            metas.append({"user_id": self.user_id, "session_id": session, "turn_id": turn_id, "user": user,
                           "assistant": assistant, "time": turn.get("time") or now_iso()})
         if vectors is None:
             vectors = self.store.embedder.embed(docs)
-        self._upsert(ids, np.asarray(vectors, dtype=np.float32), docs, metas)
+        # the texts live in metadata only: chroma would also index documents for full-text search we never use
+        self._upsert(ids, np.asarray(vectors, dtype=np.float32), None, metas, turns=True)
         return ids
 
     @staticmethod
@@ -421,22 +430,19 @@ class UserMemory:
     # -- retrieval -------------------------------------------------------------------------------------
     def search_vectors(self, vector: np.ndarray, k: int, kind: str = "turn") -> list[tuple[str, float]]:
         """Raw nearest neighbours of one kind: (record id, cosine similarity), best first."""
-        col = self._get(create=False)
-        if col is None:
-            return []
-        res = _wrap("querying", lambda: col.query(query_embeddings=np.asarray(vector, dtype=np.float32)[None, :],
-                                                  n_results=k, where=self._where(kind), include=["distances"]))
-        return [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0])]
+        return [(i, score) for i, _, _, score in self._query(np.asarray(vector, dtype=np.float32), k, kind)]
 
     def _query(self, vector: np.ndarray, k: int, kind: str) -> list[tuple[str, str, dict, float]]:
-        col = self._get(create=False)
+        """Nearest records of one kind. Turns: a plain HNSW query, then every hit must carry this user's id."""
+        turns = kind == "turn"
+        col = self._get(create=False, turns=turns)
         if col is None:
             return []
-        res = _wrap("querying", lambda: col.query(query_embeddings=vector[None, :], n_results=k,
-                                                  where=self._where(kind),
+        where = None if turns else self._where(kind)
+        res = _wrap("querying", lambda: col.query(query_embeddings=vector[None, :], n_results=k, where=where,
                                                   include=["documents", "metadatas", "distances"]))
-        return [(i, d, m, 1.0 - float(dist)) for i, d, m, dist in
-                zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])]
+        hits = zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])
+        return [(i, d, m, 1.0 - float(dist)) for i, d, m, dist in hits if (m or {}).get("user_id") == self.user_id]
 
     def retrieve(self, query: str, top_k: int | None = None, token_budget: int | None = None) -> Retrieval:
         """Statements and past turns relevant to ``query``: cosine similarity >= the cut-off, at most
@@ -445,7 +451,7 @@ class UserMemory:
         cfg = self.config
         k = top_k or cfg.top_k
         budget = token_budget or cfg.token_budget
-        if self._get(create=False) is None or not query.strip():
+        if not query.strip() or (self._get(create=False) is None and self._get(create=False, turns=True) is None):
             return Retrieval()
         vector = self.store.embedder.embed([query])[0]
         prefs = {i: (self._from_record(i, d, m), s) for i, d, m, s in self._query(vector, k, "preference")
@@ -506,33 +512,38 @@ class UserMemory:
         return {"preferences": len(statements), "turns": len(turns), "suppressed": len(suppressed)}
 
     def forget(self) -> None:
-        """Delete everything of this user: the collection, its index files, and the freed database pages.
+        """Delete everything of this user: both collections, their index files, and the freed database pages.
 
         Embedded store: after ``delete_collection`` the segment directories are removed, the full-text
         index is merged and the SQLite file vacuumed (deleted rows otherwise linger in free pages), then
-        the on-disk state is re-read to prove the collection, its segments and its rows are gone.
-        A chroma server is asked to delete the collection; its disk is the server's to manage.
+        the on-disk state is re-read to prove the collections, their segments and their rows are gone.
+        A chroma server is asked to delete the collections; its disk is the server's to manage.
         """
         client = self.store.client
-        col = self._get(create=False)
-        if col is None:
+        cols = [c for c in (self._get(create=False), self._get(create=False, turns=True)) if c is not None]
+        if not cols:
             return
         if not self.store.embedded:
-            _wrap("deleting the user's collection", lambda: client.delete_collection(self.name))
+            for col in cols:
+                _wrap("deleting the user's collection", lambda c=col: client.delete_collection(c.name))
             return
         db = self.store.persist_dir / "chroma.sqlite3"
-        collection_id = str(col.id)
-        segments = _sqlite_rows(db, "SELECT id FROM segments WHERE collection = ?", (collection_id,))
-        _wrap("deleting the user's collection", lambda: client.delete_collection(self.name))
-        for (segment,) in segments:
+        ids = [str(c.id) for c in cols]
+        segments = [s for cid in ids for (s,) in _sqlite_rows(db, "SELECT id FROM segments WHERE collection = ?",
+                                                               (cid,))]
+        for col in cols:
+            _wrap("deleting the user's collection", lambda c=col: client.delete_collection(c.name))
+        for segment in segments:
             shutil.rmtree(self.store.persist_dir / segment, ignore_errors=True)
         _compact(db)
-        self._verify_forgotten(db, collection_id, [s for (s,) in segments])
+        self._verify_forgotten(db, ids, segments)
 
-    def _verify_forgotten(self, db: Path, collection_id: str, segments: list[str]) -> None:
+    def _verify_forgotten(self, db: Path, collection_ids: list[str], segments: list[str]) -> None:
         problems = []
-        if _sqlite_rows(db, "SELECT id FROM collections WHERE id = ? OR name = ?", (collection_id, self.name)):
-            problems.append("the collection is still registered")
+        marks = ",".join("?" * len(collection_ids))
+        if _sqlite_rows(db, f"SELECT id FROM collections WHERE id IN ({marks}) OR name IN (?, ?)",
+                        (*collection_ids, self.name, self.turns_name)):
+            problems.append("a collection is still registered")
         if segments and _sqlite_rows(db, f"SELECT id FROM segments WHERE id IN ({','.join('?' * len(segments))})",
                                      tuple(segments)):
             problems.append("its segments are still registered")

@@ -33,7 +33,7 @@ class StepSplit:
     steps: int
     generation: float
     prm: float
-    advantages: float
+    advantages: float  # CDPA's own work: generated tokens -> steps, then the advantage math
     update: float  # the step minus the other parts: old/ref log-probs, loss, backward, optimizer
     step: float
     segments: int  # PRM-scored segments over the timed steps

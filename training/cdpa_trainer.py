@@ -242,6 +242,7 @@ class CDPATrainer(GRPOTrainer):
         self.outcome: Outcome = outcome
         self.eps = eps
         self._rollout: _Rollout | None = None
+        self._mapping_s = 0.0
         self.prm_totals: Counter = Counter()
         self.timings: dict[str, list[float]] = defaultdict(list)
         self.last_loss_inputs: dict[str, Any] = {}  # shapes and loss of the latest _compute_loss call
@@ -253,9 +254,14 @@ class CDPATrainer(GRPOTrainer):
         start = time.perf_counter()
         texts, segments = [], []
         for ids in completion_ids:
-            text, seg = completion_segments(self._tokenizer, ids)
+            if self.method == "grpo-outcome":  # one score per response: no token -> step map needed
+                text, seg = self._tokenizer.decode(ids, skip_special_tokens=True), []
+            else:
+                text, seg = completion_segments(self._tokenizer, ids)
             texts.append(text)
             segments.append(seg)
+        self._mapping_s = time.perf_counter() - start  # counted with the advantages: CDPA's own overhead
+        start = time.perf_counter()
         scored: PRMScores = self.prm.score_batch(list(zip(preference, query, texts)))
         scores = [list(r.scores) for r in scored.responses]
         self._rollout = _Rollout(scores, segments)
@@ -282,7 +288,7 @@ class CDPATrainer(GRPOTrainer):
         if rollout is None:
             raise RuntimeError("the PRM reward was not computed for this batch")
         output["advantages"] = self._token_advantages(rollout, output["completion_mask"])
-        self.timings["advantages"].append(time.perf_counter() - start)
+        self.timings["advantages"].append(time.perf_counter() - start + self._mapping_s)
         return output
 
     def _token_advantages(self, rollout: _Rollout, mask: torch.Tensor) -> torch.Tensor:
@@ -456,8 +462,13 @@ def save_artifact(trainer: CDPATrainer, target: Path) -> None:
 
 
 # -- building and running -----------------------------------------------------------------------------
-def load_policy(policy_model_dir: Path, adapter_init: Path | None, config: CDPAConfig):
-    """The model to train and its tokenizer: the base plus the adapter to continue (LoRA) or merge (full)."""
+def load_policy(policy_model_dir: Path, adapter_init: Path | None, config: CDPAConfig,
+                scratch_dir: Path | None = None):
+    """The model to train and its tokenizer: the base plus the adapter to continue (LoRA) or merge (full).
+
+    A full fine-tune from an adapter saves the merged model into ``scratch_dir/init_model`` and trains
+    that: trl builds the KL reference from the model's own directory, which must be the RFT policy.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     policy_model_dir = Path(policy_model_dir)
@@ -475,7 +486,12 @@ def load_policy(policy_model_dir: Path, adapter_init: Path | None, config: CDPAC
             raise CdraError(f"cannot start CDPA from {adapter_init}: no PEFT adapter there (adapter_config.json)")
         model = PeftModel.from_pretrained(model, str(adapter_init), is_trainable=config.lora)
         if not config.lora:
-            model = model.merge_and_unload()
+            if scratch_dir is None:
+                raise CdraError("a full fine-tune from an adapter needs a scratch directory for the merged model")
+            merged = Path(scratch_dir) / "init_model"
+            model.merge_and_unload().save_pretrained(str(merged))
+            tokenizer.save_pretrained(str(merged))
+            model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=dtype)
     return model, tokenizer
 
 
@@ -485,7 +501,7 @@ def build_trainer(config: CDPAConfig, train_records: Sequence[dict], prm: Any, p
     """A ready CDPATrainer on the (P, q) prompts; trl checkpoints go to ``output_dir``."""
     if not train_records:
         raise CdraError("no training prompts: the data has no usable (preference, query) records")
-    model, tokenizer = load_policy(policy_model_dir, adapter_init, config)
+    model, tokenizer = load_policy(policy_model_dir, adapter_init, config, Path(output_dir).parent)
     peft_config = None
     if config.lora and adapter_init is None:
         from peft import LoraConfig
@@ -558,7 +574,7 @@ def train_policy(config: CDPAConfig, dataset: Any, prm: Any, policy_model_dir: P
         train, val = split_prompts(records, config.val_fraction, config.seed)
     work = out_dir.with_name(f".{out_dir.name}.work")
     work.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(work / "config.json", {"config": config.to_dict(), "train_prompts": len(train),
+    write_json_atomic(work / "run_config.json", {"config": config.to_dict(), "train_prompts": len(train),
                                              "val_prompts": len(val), "adapter_init": str(adapter_init or "")})
     trainer = build_trainer(config, train, prm, policy_model_dir, work / "checkpoints", adapter_init)
     best = BestByValidation(trainer, config, val, work)
@@ -577,6 +593,7 @@ def train_policy(config: CDPAConfig, dataset: Any, prm: Any, policy_model_dir: P
     result = TrainResult(out_dir, artifact, is_adapter, config.method, metrics, best.history)
     if trainer.accelerator.is_main_process:
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        shutil.rmtree(work / "init_model", ignore_errors=True)
         write_json_atomic(work / "result.json", result.to_dict())
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -245,15 +245,18 @@ def run_sft(examples: Sequence[dict], start: TrainingStart, out_dir: Path, confi
             metrics["eval_loss_after"] = float(trainer.evaluate()["eval_loss"])
         is_adapter = config.lora
         artifact = "adapter" if is_adapter else "model"
-        trainer.save_model(str(tmp / artifact))
-        if not is_adapter:
-            trainer.processing_class.save_pretrained(str(tmp / artifact))
-        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        trainer.save_model(str(tmp / artifact))  # writes on the main process only (multi-GPU runs)
+        accelerator = trainer.accelerator
+        if accelerator.is_main_process:
+            if not is_adapter:
+                trainer.processing_class.save_pretrained(str(tmp / artifact))
+            shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
         del trainer
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        accelerator.wait_for_everyone()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

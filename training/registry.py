@@ -202,7 +202,7 @@ def training_start(registry: ModelRegistry, role: str, spec, models_dir: Path) -
     """Resolve a role's ModelSpec to trainable weights, continuing from its serving version.
 
     ``auto`` continues the serving version (its adapter on its base, or its full weights), else
-    the packaged default; ``default``/``transformers``/``vllm`` start from the configured weights.
+    starts from the spec's ``path`` if set, else the packaged default; ``default``/``transformers``/``vllm`` start from the configured weights.
     Endpoints cannot be trained here.
     """
     from alignment.engines.default_model import ensure_default_model
@@ -213,6 +213,8 @@ def training_start(registry: ModelRegistry, role: str, spec, models_dir: Path) -
 
     if spec.backend == "auto":
         serving = registry.serving(role)
+        if serving is None and spec.path:  # nothing promoted yet: the configured base model
+            return TrainingStart(spec.path, Path(spec.path), Path(spec.adapter) if spec.adapter else None)
         if serving is None:
             return TrainingStart("default", default_dir())
         if serving.weights_dir is not None:

@@ -68,6 +68,8 @@ class RetrainConfig:
     Parameters that decide promotion: ``promote`` ("if-better": only when the candidate's mean PRM
     reward on the validation scenarios beats the serving policy's by more than ``min_improvement``;
     "always").
+    Parameters that control the run: ``stop_after`` (a stage; exit 6, resumable), ``accelerate_config``
+    (multi-GPU: the CDPA stage runs as ``accelerate launch --config_file <it>``; docs/GPU.md), ``progress``.
     """
 
     data_dir: Path
@@ -90,6 +92,7 @@ class RetrainConfig:
     seed: int = 0
     progress: bool = True
     stop_after: str | None = None  # a stage name: stop there (exit 6); the next run resumes after it
+    accelerate_config: Path | None = None  # GPU: run the CDPA stage under `accelerate launch` with this file
 
     @property
     def root(self) -> Path:
@@ -110,7 +113,8 @@ def tiny_config(base: RetrainConfig, max_steps: int | None = None) -> RetrainCon
     from training.step_annotation import AnnotationConfig
 
     steps = max_steps or 2
-    sft = SFTStageConfig(lora_r=4, lora_alpha=8, max_steps=steps, batch_size=1, max_length=512, logging_steps=1)
+    sft = SFTStageConfig(lora_r=4, lora_alpha=8, max_steps=steps, batch_size=1, max_length=512, logging_steps=1,
+                         learning_rate=1e-3)  # a few steps must move a fresh LoRA visibly
     build = BuildConfig(
         council=CouncilConfig(personas=("Pragmatist", "Psychologist"), depth=1, breadth=2, branching=1,
                               value_threshold=0.0, thought_max_new_tokens=24, value_samples=1, value_temperature=0.0,
@@ -118,10 +122,11 @@ def tiny_config(base: RetrainConfig, max_steps: int | None = None) -> RetrainCon
         annotation=AnnotationConfig(max_new_tokens=40, retries=3),
         seed=base.seed, validation_fraction=0.5,
     )
+    # no in-run validation (max_val_prompts=0: the last step is kept); the evaluate stage compares anyway
     cdpa = CDPAConfig(num_generations=2, max_completion_length=40, prompts_per_step=1, max_steps=steps,
-                      eval_every=max(steps, 1), max_val_prompts=1, val_max_new_tokens=40, lora_r=4, lora_alpha=8,
+                      eval_every=max(steps, 1), max_val_prompts=0, val_max_new_tokens=40, lora_r=4, lora_alpha=8,
                       save_checkpoints=False, learning_rate=1e-4, seed=base.seed)
-    return replace(base, max_scenarios=2, validation_fraction=0.5, prm_sft=sft, rft=replace(sft, learning_rate=1e-4),
+    return replace(base, max_scenarios=2, validation_fraction=0.5, prm_sft=sft, rft=sft,
                    cdpa=cdpa, build=build, prm_scoring=PRMConfig(max_new_tokens=32, max_retries=0),
                    eval_max_new_tokens=40)
 
@@ -286,19 +291,19 @@ class RetrainResult:
     stages: dict = field(default_factory=dict)
 
 
-SessionSource = Callable[[str | None, Path], int]
-"""Writes the session-log export of turns at or after a time (None: all) to a path; returns the count."""
+SessionSource = Callable[[str | None, Path], Path]
+"""Gives the session-log export (JSONL) holding the turns at or after a time (None: all): either the
+path it was asked to write, or an existing file; errors then name the file the user knows."""
 
 
 def file_source(path: Path) -> SessionSource:
     """A session source reading an already exported JSONL file (``cdra retrain --sessions FILE``)."""
     path = Path(path)
 
-    def export(_since: str | None, out: Path) -> int:
+    def export(_since: str | None, _out: Path) -> Path:
         if not path.is_file():
             raise CdraError(f"--sessions {path} does not exist")
-        shutil.copyfile(path, out)
-        return sum(1 for line in open(out, encoding="utf-8") if line.strip())
+        return path
 
     return export
 
@@ -389,8 +394,7 @@ class Retrain:
         position = self.state.data["position"]
         since = position["time"] if position else None
         try:
-            self.source(since, export)
-            turns, new_position = new_turns(export, position)
+            turns, new_position = new_turns(self.source(since, export), position)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
@@ -481,15 +485,11 @@ class Retrain:
     def _run_id(self) -> str:
         return self.state.current["run_id"]  # type: ignore[index]
 
+    def _prm_spec(self) -> ModelSpec:
+        return version_spec(self.registry.get("prm", self.state.stage("prm")["version"]), self.config.prm)
+
     def _prm_engine(self) -> PersGenPRM:
-        model = self.registry.get("prm", self.state.stage("prm")["version"])
-        if model.weights_dir is not None:
-            spec = ModelSpec(backend="transformers", path=str(model.weights_dir))
-        elif model.base == "default":
-            spec = ModelSpec(backend="default", adapter=str(model.adapter_dir))
-        else:
-            spec = ModelSpec(backend="transformers", path=model.base, adapter=str(model.adapter_dir))
-        return PersGenPRM(self._engine(spec), self.config.prm_scoring)
+        return PersGenPRM(self._engine(self._prm_spec()), self.config.prm_scoring)
 
     def _rft(self) -> dict:
         start = training_start(self.registry, "policy", self.config.policy, self.config.models_dir)
@@ -511,18 +511,42 @@ class Retrain:
             model_dir, adapter = Path(rft["model_dir"]), Path(rft["artifact"])
         else:
             model_dir, adapter = Path(rft["artifact"]), None
-        result = train_policy(config, Path(self.state.stage("deeppref")["rea"]), self._prm_engine(), model_dir,
-                              adapter_init=adapter, out_dir=self.run_dir / "cdpa")
-        base = rft["base"] if result.is_adapter else str(result.artifact_dir)
-        metrics = {"rft": rft["metrics"], "cdpa": result.metrics, "prm_version": self.state.stage("prm")["version"]}
+        data, out = Path(self.state.stage("deeppref")["rea"]), self.run_dir / "cdpa"
+        if self.config.accelerate_config is not None:
+            artifact, is_adapter, metrics_cdpa = self._cdpa_launched(config, data, model_dir, adapter, out)
+        else:
+            result = train_policy(config, data, self._prm_engine(), model_dir, adapter_init=adapter, out_dir=out)
+            artifact, is_adapter, metrics_cdpa = result.artifact_dir, result.is_adapter, result.metrics
+        base = rft["base"] if is_adapter else str(artifact)
+        metrics = {"rft": rft["metrics"], "cdpa": metrics_cdpa, "prm_version": self.state.stage("prm")["version"]}
         model = self.registry.publish(
-            "policy", result.artifact_dir, is_adapter=result.is_adapter, base=base, parent=rft["parent"],
+            "policy", artifact, is_adapter=is_adapter, base=base, parent=rft["parent"],
             metrics=metrics, data=self._data(),
             config={"rft": self.config.rft.to_dict(), "cdpa": config.to_dict(), "run": self._run_id()},
         )
-        self.say(f"  cdpa: {model.version} ({result.metrics.get('steps')} steps, best validation reward "
-                 f"{result.metrics.get('best_val_reward')})")
-        return {"version": model.version, "metrics": result.metrics}
+        self.say(f"  cdpa: {model.version} ({metrics_cdpa.get('steps')} steps, best validation reward "
+                 f"{metrics_cdpa.get('best_val_reward')})")
+        return {"version": model.version, "metrics": metrics_cdpa}
+
+    def _cdpa_launched(self, config, data: Path, model_dir: Path, adapter: Path | None, out: Path):
+        """Run the CDPA stage as ``accelerate launch`` processes (one per GPU) and read their result."""
+        import subprocess
+        import sys
+
+        job = self.run_dir / "cdpa_job.json"
+        write_json_atomic(job, {
+            "config": config.to_dict(), "data": str(data), "policy_model_dir": str(model_dir),
+            "adapter_init": str(adapter) if adapter else None, "out_dir": str(out),
+            "prm_spec": self._prm_spec().model_dump(), "prm_scoring": asdict(self.config.prm_scoring),
+            "models_dir": str(self.config.models_dir),
+        })
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(self.config.accelerate_config),
+               "-m", "training.retrain", "--cdpa-job", str(job)]
+        self.say(f"  cdpa: {' '.join(cmd)}")
+        if subprocess.run(cmd).returncode != 0:
+            raise CdraError(f"the CDPA processes failed (command above); fix and rerun `cdra retrain` to resume")
+        result = json.loads((out / "result.json").read_text(encoding="utf-8"))
+        return out / result["artifact"], bool(result["is_adapter"]), result["metrics"]
 
     def _validation_scenarios(self) -> tuple[list[dict], bool]:
         rea = read_records(Path(self.state.stage("deeppref")["rea"]), ("preference", "query"))
@@ -537,9 +561,7 @@ class Retrain:
         scenarios, held_out = self._validation_scenarios()
         prm = self._prm_engine()
         candidate = self.registry.get("policy", self.state.stage("cdpa")["version"])
-        cand_spec = (ModelSpec(backend="transformers", path=str(candidate.weights_dir)) if candidate.weights_dir else
-                     ModelSpec(backend="default", adapter=str(candidate.adapter_dir)) if candidate.base == "default" else
-                     ModelSpec(backend="transformers", path=candidate.base, adapter=str(candidate.adapter_dir)))
+        cand_spec = version_spec(candidate, self.config.policy)
         serving_spec, serving_name = self._serving_policy_spec()
         n = self.config.eval_max_new_tokens
         cand = evaluate_policy(self._engine(cand_spec), prm, scenarios, n)
@@ -577,6 +599,16 @@ class Retrain:
                              prm_version=prm_v, promoted=pr["promoted"])
 
 
+def version_spec(model, like: ModelSpec) -> ModelSpec:
+    """The spec that serves a registered version (device and dtype taken from the role's spec)."""
+    keep = {"dtype": like.dtype, "device": like.device}
+    if model.weights_dir is not None:
+        return ModelSpec(backend="transformers", path=str(model.weights_dir), **keep)
+    if model.base == "default":
+        return ModelSpec(backend="default", adapter=str(model.adapter_dir), **keep)
+    return ModelSpec(backend="transformers", path=model.base, adapter=str(model.adapter_dir), **keep)
+
+
 def _fmt(value: float | None) -> str:
     return "unscored" if value is None else f"{value:.4f}"
 
@@ -599,3 +631,28 @@ def _spread(scenarios: Sequence, k: int) -> list:
 def run_retrain(config: RetrainConfig, source: SessionSource, console=None) -> RetrainResult:
     """Run or resume one retrain; see the module docstring for the exit codes."""
     return Retrain(config, source, console).run()
+
+
+def run_cdpa_job(job_file: Path) -> None:
+    """One process of a launched CDPA stage (``accelerate launch -m training.retrain --cdpa-job FILE``)."""
+    import torch
+
+    from training.cdpa_trainer import CDPAConfig, train_policy
+
+    job = json.loads(Path(job_file).read_text(encoding="utf-8"))
+    if torch.cuda.is_available():  # each rank scores with a PRM on its own GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    cfg = job["config"]
+    cfg["target_modules"] = tuple(cfg["target_modules"])
+    prm = PersGenPRM(build_engine(ModelSpec(**job["prm_spec"]), Path(job["models_dir"])),
+                     PRMConfig(**{**job["prm_scoring"], "readout_grid": tuple(job["prm_scoring"]["readout_grid"])}))
+    train_policy(CDPAConfig(**cfg), Path(job["data"]), prm, Path(job["policy_model_dir"]),
+                 adapter_init=Path(job["adapter_init"]) if job["adapter_init"] else None, out_dir=Path(job["out_dir"]))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="internal: one process of a launched retrain stage")
+    parser.add_argument("--cdpa-job", type=Path, required=True)
+    run_cdpa_job(parser.parse_args().cdpa_job)

@@ -118,7 +118,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise CdraError(f"{path} does not exist")
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:  # tolerate a byte-order mark
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue

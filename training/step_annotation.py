@@ -9,7 +9,7 @@ cannot be read is retried; a path with a segment still unreadable is dropped and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from alignment.critique import ScoreParseError, StepJudgment, parse_step_judgment
 from alignment.engines.base import Engine, Message, SamplingParams

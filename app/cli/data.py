@@ -47,8 +47,15 @@ def scenarios_cmd(
     """Generate new (P, q) scenarios with the teacher, or import them from logged chat sessions."""
     from app.cli import settings_from
     from app.models import engine_for
-    from training.scenarios import (DEFAULT_DOMAINS, deduplicate, generate_scenarios, import_session_log,
-                                    load_embedder, read_scenarios, write_scenarios)
+    from training.scenarios import (
+        DEFAULT_DOMAINS,
+        deduplicate,
+        generate_scenarios,
+        import_session_log,
+        load_embedder,
+        read_scenarios,
+        write_scenarios,
+    )
 
     settings = settings_from(ctx)
     existing = read_scenarios(out) if out.is_file() else []

@@ -104,6 +104,8 @@ def train_prm_cmd(
         after = evaluate_prm(build_engine(_spec_for(after_start), settings.models_dir), val, eval_max_new_tokens)
         metrics["agreement_before"], metrics["agreement_after"] = before.row(), after.row()
         _print_prm_eval(before, after, metrics)
+    if not _is_main_process():
+        return
     model = registry.publish("prm", result.artifact_dir, is_adapter=result.is_adapter, base=start.base,
                              parent=start.parent, metrics=metrics, data={"rea": fingerprint(path)},
                              config={"sft": config.to_dict()})
@@ -137,6 +139,8 @@ def train_rft_cmd(
     typer.echo(f"RFT: {result.metrics['steps']} steps, train loss {result.metrics['train_loss']:.4f}"
                + (f", held-out loss {result.metrics['eval_loss_before']:.4f} -> {result.metrics['eval_loss_after']:.4f}"
                   if "eval_loss_after" in result.metrics else ""))
+    if not _is_main_process():
+        return
     model = registry.publish("policy", result.artifact_dir, is_adapter=result.is_adapter, base=start.base,
                              parent=start.parent, metrics={"rft": result.metrics}, data={"rft": fingerprint(path)},
                              config={"rft": config.to_dict()})
@@ -165,6 +169,8 @@ def _policy_rl(ctx: typer.Context, data: Path, method: str, max_steps: Optional[
     prm = PersGenPRM(engine_for(settings, "prm"))
     result = cdpa.train_policy(config, path, prm, start.model_dir, adapter_init=start.adapter,
                                out_dir=settings.runs_dir / f"{method}-{_stamp()}")
+    if not _is_main_process():
+        return
     base = start.base if result.is_adapter else str(result.artifact_dir)
     model = registry.publish("policy", result.artifact_dir, is_adapter=result.is_adapter, base=base,
                              parent=start.parent, metrics={method: result.metrics}, data={"prompts": fingerprint(path)},
@@ -210,6 +216,13 @@ def train_grpo_cmd(
     _policy_rl(ctx, data, f"grpo-{reward}", max_steps, generations, max_completion_length, lr, use_vllm, promote, outcome)
 
 
+def _is_main_process() -> bool:
+    """Under `accelerate launch` every rank runs the command; only rank 0 touches the registry."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _announce(registry, model, promote: bool) -> None:
     if promote:
         registry.promote(model.role, model.version)
@@ -251,6 +264,8 @@ def retrain_cmd(
     min_improvement: Annotated[float, typer.Option(help="margin the candidate's mean PRM reward must beat serving by")] = 0.0,
     max_scenarios: Annotated[Optional[int], typer.Option(min=1, help="cap on scenarios per run")] = None,
     stop_after: Annotated[Optional[str], typer.Option(help="stop after this stage (exit 6); the next run resumes")] = None,
+    use_vllm: Annotated[bool, typer.Option("--vllm/--no-vllm", help="CDPA rollouts with vLLM (GPU; docs/GPU.md)")] = False,
+    accelerate_config: Annotated[Optional[Path], typer.Option(help="run CDPA under `accelerate launch` with this config (configs/accelerate/)")] = None,
 ) -> None:
     """Periodic retraining: new logged sessions -> DeepPref -> Pers-GenPRM -> RFT -> CDPA -> evaluate -> promote.
 
@@ -284,7 +299,11 @@ def retrain_cmd(
         config.cdpa = CDPAConfig(seed=settings.seed, max_steps=max_steps, eval_every=max(1, min(25, max_steps)))
     if max_scenarios:
         config = replace(config, max_scenarios=max_scenarios)
-    config = replace(config, stop_after=stop_after)
+    config = replace(config, stop_after=stop_after, accelerate_config=accelerate_config)
+    if use_vllm:
+        from training.cdpa_trainer import CDPAConfig
+
+        config.cdpa = replace(config.cdpa or CDPAConfig(seed=settings.seed), use_vllm=True)
     source = file_source(sessions) if sessions else _log_source(settings)
     result = run_retrain(config, source)
     typer.echo(result.message)
@@ -305,14 +324,14 @@ def _log_source(settings):
 
     path = default_log_path(settings.logs_dir)
 
-    def export(since, out: Path) -> int:
+    def export(since, out: Path) -> Path:
         if not path.is_file():
             out.write_text("", encoding="utf-8")
-            return 0
+            return out
         from app.assistant import open_log, user_preference_texts
 
-        return open_log(settings).export_jsonl(out, since=since,
-                                               user_preferences=lambda uid: user_preference_texts(settings, uid))
+        open_log(settings).export_jsonl(out, since=since, user_preferences=lambda uid: user_preference_texts(settings, uid))
+        return out
 
     return export
 

@@ -195,9 +195,16 @@ def flow(server, browser, artifacts_dir, page) -> None:
     # -- memory panel: the statement is there with its evidence; delete it -----------------------------------
     page.get_by_role("tab", name="Memory").click()
     page.wait_for_function("() => document.querySelector('#memory-table').innerText.includes('Avoids cats')")
+    row_id = (  # the statement's id, in the table's last column (background inference may add other rows)
+        "() => { const row = [...document.querySelectorAll('#memory-table [role=row]')]"
+        ".find(r => r.textContent.includes('Avoids cats (allergy)'));"
+        " const m = row && row.textContent.match(/pref-[0-9a-f]{12}/); return m ? m[0] : '' }"
+    )
+    deleted = page.evaluate(row_id)
+    assert deleted.startswith("pref-")
     choose(page, "#pref-pick", "Avoids cats (allergy)")
     page.locator("#pref-delete").click()
-    page.wait_for_function("() => !document.querySelector('#memory-table').innerText.includes('Avoids cats')")
+    page.wait_for_function(f"() => !document.querySelector('#memory-table').innerText.includes('{deleted}')")
 
     # -- ALOE: start with a persona, rate each turn before the next one opens ---------------------------------
     page.get_by_role("tab", name="ALOE evaluation").click()
@@ -241,7 +248,7 @@ def flow(server, browser, artifacts_dir, page) -> None:
     bob.press("#message textarea", "Enter")
     bob.wait_for_function(
         "() => { const b = document.querySelectorAll('#chatbot .message.bot');"
-        " return b.length && b[0].innerText.length > 20 && !b[0].innerText.includes('thinking') }"
+        " return b.length && !b[0].innerText.includes('thinking') }"  # the first streamed words
     )
     bob_ctx.close()
     bob_ctx, bob = sign_in(browser, server["url"], "bob")

@@ -113,7 +113,7 @@ def test_one_user_can_never_reach_anothers_records(store):
 
 
 def test_metadata_filter_is_defense_in_depth(store):
-    """Even a record written straight into alice's collection under another user id is not served to her."""
+    """Even records written straight into alice's collections under another user id are not served to her."""
     alice = store.for_user("alice")
     alice.add_preferences(extract_explicit("I love sailing.", "a-1"))
     collection = store.client.get_collection(alice.name, embedding_function=None)
@@ -122,8 +122,16 @@ def test_metadata_filter_is_defense_in_depth(store):
                    metadatas=[{"user_id": "eve", "type": "preference", "stance": "prefers", "dimension": "health",
                                "subject": "stolen data", "evidence": "[]", "confidence": 1.0, "origin": "explicit",
                                "created": "x", "updated": "x", "version": 1}])
+    alice.add_turn("s", "a-2", "Where can I sail near Kiel?", "The Kiel fjord.")
+    turns = store.client.get_collection(alice.turns_name, embedding_function=None)
+    turns.add(ids=["turn-forged"], embeddings=store.embedder.embed(["stolen data"]),
+              metadatas=[{"user_id": "eve", "session_id": "x", "turn_id": "forged", "user": "stolen data",
+                          "assistant": "", "time": "x"}])
     assert [s.text for s in alice.list_preferences()] == ["Prefers sailing"]
-    assert "Prefers stolen data" not in [s.text for s, _ in alice.retrieve("stolen data").preferences]
+    got = alice.retrieve("stolen data", token_budget=10_000)
+    assert "Prefers stolen data" not in got.preference_texts()
+    assert [t["turn_id"] for t in alice.turns()] == ["a-2"] and all(t["turn_id"] != "forged" for t, _ in got.turns)
+    assert [i for i, _ in alice.search_vectors(store.embedder.embed(["stolen data"])[0], 5)] == ["turn-s-a-2"]
 
 
 def test_a_chat_message_cannot_write_outside_its_own_user(store):

@@ -28,7 +28,8 @@ def tiny(**overrides) -> CDPAConfig:
 @pytest.fixture(scope="module")
 def prm(default_engine):
     # readout fallback: every step gets a score even when the untrained model writes no SCORE line
-    return PersGenPRM(default_engine, PRMConfig(max_new_tokens=16, max_retries=0, fallback="readout"))
+    return PersGenPRM(default_engine, PRMConfig(max_new_tokens=16, max_retries=0, fallback="readout",
+                                                readout_grid=(-1.0, 0.0, 1.0)))
 
 
 @pytest.fixture(scope="module")

@@ -85,11 +85,12 @@ def test_cron_exit_codes(tmp_path, model_cache):
     result = run_cdra(["retrain", "--sessions", str(no_prefs)], data, model_cache)  # those turns are processed now
     assert result.returncode == 4 and "no new logged turns" in result.stdout
 
+    runs = set((data / "retrain" / "runs").iterdir())
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{oops\n")
     result = run_cdra(["retrain", "--sessions", str(broken)], data, model_cache)
     assert result.returncode == 2 and "broken.jsonl:1: not valid JSON" in result.stderr
-    assert not list((data / "retrain" / "runs").iterdir())  # a failed collect leaves no run behind
+    assert set((data / "retrain" / "runs").iterdir()) == runs  # a failed collect leaves no run behind
 
     with retrain_lock(data / "retrain"):
         result = run_cdra(["retrain", "--sessions", str(SESSIONS)], data, model_cache)
@@ -104,7 +105,7 @@ def test_tiny_retrain_promotes_a_policy_that_ask_serves(tmp_path, model_cache, s
     from training.registry import ModelRegistry
 
     data = settings.data_dir
-    args = ["retrain", "--tiny", "--sessions", str(SESSIONS), "--promote", "always"]
+    args = ["retrain", "--tiny", "--max-steps", "1", "--sessions", str(SESSIONS), "--promote", "always"]
     first = run_cdra([*args, "--stop-after", "rft"], data, model_cache)
     assert first.returncode == 6, first.stdout + first.stderr
     state = json.loads((data / "retrain" / "state.json").read_text())
