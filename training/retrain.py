@@ -100,6 +100,8 @@ class RetrainConfig:
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("cdpa", "build")}
+        for role in ("policy", "prm", "teacher", "evaluator"):
+            d[role] = getattr(self, role).model_dump()
         d["cdpa"] = self.cdpa.to_dict() if self.cdpa is not None else None
         d["build"] = self.build.to_dict() if self.build is not None else None
         return json.loads(json.dumps(d, default=str))
@@ -336,10 +338,11 @@ class Retrain:
         return build_engine(spec, self.config.models_dir)
 
     def _spec_of(self, start: TrainingStart) -> ModelSpec:
+        keep = {"dtype": self.config.policy.dtype, "device": self.config.policy.device,
+                "adapter": str(start.adapter) if start.adapter else None}
         if start.base == "default":
-            return ModelSpec(backend="default", adapter=str(start.adapter) if start.adapter else None)
-        return ModelSpec(backend="transformers", path=str(start.model_dir),
-                         adapter=str(start.adapter) if start.adapter else None)
+            return ModelSpec(backend="default", **keep)
+        return ModelSpec(backend="transformers", path=str(start.model_dir), **keep)
 
     def _serving_policy_spec(self) -> tuple[ModelSpec, str]:
         start = training_start(self.registry, "policy", self.config.policy, self.config.models_dir)

@@ -343,14 +343,62 @@ def register(app: typer.Typer) -> None:
 
 
 def register_bench(bench_app: typer.Typer) -> None:
-    """Benchmarks owned by the training modules (e.g. training/bench_cdpa.py), when present."""
-    for name in ("training.bench_cdpa",):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        hook = getattr(module, "register_bench", None)
-        if hook is not None:
-            hook(bench_app)
+    """`cdra bench cdpa` and `cdra bench cdpa-reward` (training/bench_cdpa.py measures; this only wires it)."""
+
+    @bench_app.command("cdpa")
+    def bench_cdpa_cmd(
+        ctx: typer.Context,
+        steps: Annotated[int, typer.Option(min=1, help="timed steps per method (after one warm-up)")] = 2,
+        generations: Annotated[int, typer.Option("--generations", "-G", min=2, help="responses per prompt")] = 2,
+        max_completion_length: Annotated[int, typer.Option(help="tokens per response")] = 48,
+    ) -> None:
+        """One CDPA step split into generation, PRM scoring, advantages and update, beside outcome GRPO."""
+        import tempfile
+
+        from alignment.prm import PersGenPRM, PRMConfig
+        from app.cli import settings_from
+        from app.models import engine_for
+        from training.bench_cdpa import bench_step_split, format_step_table
+        from training.cdpa_trainer import CDPAConfig
+        from training.registry import ModelRegistry, training_start
+
+        settings = settings_from(ctx)
+        start = training_start(ModelRegistry(settings.registry_dir), "policy", settings.policy, settings.models_dir)
+        prm = PersGenPRM(engine_for(settings, "prm"), PRMConfig(max_new_tokens=32, max_retries=0))
+        config = CDPAConfig(num_generations=generations, max_completion_length=max_completion_length,
+                            prompts_per_step=1, max_val_prompts=0, lora_r=4, lora_alpha=8, save_checkpoints=False)
+        with tempfile.TemporaryDirectory(prefix="cdra-bench-cdpa-") as work:
+            rows = bench_step_split(start.model_dir, prm, Path(work), config, steps=steps)
+        typer.echo(format_step_table(rows))
+
+    @bench_app.command("cdpa-reward")
+    def bench_cdpa_reward_cmd(
+        ctx: typer.Context,
+        data: Annotated[Path, typer.Option("--data", "-d", help="(P, q) records with split=validation ones, or a build dir")],
+        max_steps: Annotated[int, typer.Option(min=1, help="CDPA steps")] = 20,
+        generations: Annotated[int, typer.Option("--generations", "-G", min=2)] = 2,
+        max_completion_length: Annotated[int, typer.Option(help="tokens per response")] = 64,
+        eval_every: Annotated[int, typer.Option(min=1, help="validation every N steps")] = 5,
+    ) -> None:
+        """A short real CDPA run: the policy's mean PRM reward on held-out prompts before and after."""
+        import tempfile
+
+        from alignment.prm import PersGenPRM, PRMConfig
+        from app.cli import settings_from
+        from app.models import engine_for
+        from training.bench_cdpa import format_reward_table, reward_run
+        from training.cdpa_trainer import CDPAConfig, prompt_records
+        from training.registry import ModelRegistry, training_start
+
+        settings = settings_from(ctx)
+        records = prompt_records(_data_file(data, "rea"))
+        train = [r for r in records if r["split"] != "validation"]
+        val = [r for r in records if r["split"] == "validation"]
+        start = training_start(ModelRegistry(settings.registry_dir), "policy", settings.policy, settings.models_dir)
+        prm = PersGenPRM(engine_for(settings, "prm"), PRMConfig(max_new_tokens=48, max_retries=0))
+        config = CDPAConfig(num_generations=generations, max_completion_length=max_completion_length, max_steps=max_steps,
+                            eval_every=eval_every, prompts_per_step=1, lora_r=8, lora_alpha=16, learning_rate=1e-4,
+                            save_checkpoints=False)
+        with tempfile.TemporaryDirectory(prefix="cdra-bench-cdpa-") as work:
+            result = reward_run(config, train, val, prm, start.model_dir, Path(work) / "out", start.adapter)
+            typer.echo(format_reward_table(result))

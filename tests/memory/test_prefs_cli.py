@@ -88,3 +88,26 @@ def test_infer_stores_explicit_at_once_and_never_stores_a_failed_inference(run, 
     assert export["preferences"][0]["origin"] == "explicit" and export["preferences"][0]["evidence"] == ["s1"]
     [log] = export["inferences"]
     assert log["failed"] is True and log["attempts"] == 2 and log["statements"] == 0
+
+
+@pytest.fixture
+def slice_file(shared_dir, tmp_path):
+    from training.prefeval import import_preference_testset
+
+    out = tmp_path / "slice.jsonl"
+    import_preference_testset(shared_dir / "data/prefeval", out, topics=["travel_restaurant"], signals_from="choice",
+                              limit_per_topic=3)
+    return out
+
+
+@pytest.mark.slow
+def test_eval_and_bench_commands_print_their_tables(run, slice_file, tmp_path):
+    out = run("eval", "prefs", "--testset", str(slice_file), "--methods", "null,golden", "--metrics", "jud",
+              "--limit", "1", "--out", str(tmp_path / "ev")).output
+    assert "| Null (no description) | 1 |" in out and "| Golden (persona) | 1 |" in out
+    assert (tmp_path / "ev" / "summary.md").is_file()
+    out = run("bench", "memory", "--sizes", "150", "--queries", "10", "--pool", "40", "--texts", str(slice_file)).output
+    assert "| 150 |" in out and "recall@10" in out
+    out = run("bench", "prefs", "--histories", "2", "--new", "1", "--max-new-tokens", "1",
+              "--signals", str(slice_file)).output
+    assert "| 2 | 1 |" in out and "tokens full/stream" in out

@@ -138,3 +138,28 @@ def test_tiny_retrain_promotes_a_policy_that_ask_serves(tmp_path, model_cache, s
 
     again = run_cdra(["retrain", "--tiny", "--sessions", str(SESSIONS)], data, model_cache)
     assert again.returncode == 4, again.stdout + again.stderr  # idempotent: those sessions are done
+
+
+def _cuda_and_vllm() -> str | None:
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU: the CDPA stage launched by accelerate with vLLM rollouts (docs/GPU.md)"
+    if importlib.util.find_spec("vllm") is None:
+        return "needs vLLM (pip install -e '.[vllm]') for trl's use_vllm rollouts"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_retrain_with_accelerate_and_vllm(tmp_path, model_cache):
+    reason = _cuda_and_vllm()
+    if reason:
+        pytest.skip(reason)
+    config = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "single_gpu.yaml"
+    result = run_cdra(["retrain", "--tiny", "--max-steps", "1", "--vllm", "--accelerate-config", str(config),
+                       "--sessions", str(SESSIONS), "--promote", "always"], tmp_path / "data", model_cache)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "accelerate.commands.launch" in result.stderr and "policy-0001" in result.stdout
