@@ -23,7 +23,7 @@ from typing import Any, Literal
 from alignment.engines import Engine, EngineError, ModelSpec, SamplingParams, build_engine
 from alignment.errors import CdraError
 from alignment.prompts import render
-from alignment.prompts.policy import POLICY_PROMPT, format_preferences
+from alignment.prompts.policy import POLICY_PROMPT, REASONING_PREFIX, format_preferences, start_reasoning
 from alignment.steps import parse_response
 from app.settings import Settings
 from memory.session_log import SessionLog, TurnRecord, default_log_path
@@ -434,6 +434,7 @@ class Assistant:
                 history=messages,
                 query=query,
             )
+            conversation = start_reasoning(conversation)
             window = engine.context_window
             if window is None or not turns or engine.count_tokens(conversation) + max_new_tokens <= window:
                 return conversation
@@ -490,7 +491,7 @@ class Assistant:
             conversation = self.build_prompt(engine, lines, history, query, params.max_new_tokens)
             timings["prompt"] = _ms(t)
             turn_id = uuid.uuid4().hex
-            raw, status, error = "", "ok", None
+            raw, status, error = REASONING_PREFIX, "ok", None
             t = time.perf_counter()
             n_pieces = 0
             pieces = engine.stream(conversation, params)

@@ -109,6 +109,18 @@ class Engine(abc.ABC):
         """Release the model's memory or connections."""
 
 
+def split_assistant_prefix(conversation: Conversation) -> tuple[list[Message], str]:
+    """A conversation ending in an assistant message asks the model to *continue* that message.
+
+    Returns the conversation up to the open assistant turn and the prefix to continue from (or "").
+    This is how the policy is started on "Step 1:" so even a small model writes its reasoning steps.
+    """
+    messages = list(conversation)
+    if len(messages) > 1 and messages[-1].get("role") == "assistant":
+        return messages[:-1], messages[-1]["content"]
+    return messages, ""
+
+
 def check_conversation(conversation: Conversation) -> None:
     """Reject what no model can answer, before spending time on it."""
     if not conversation or not any(m.get("content", "").strip() for m in conversation):

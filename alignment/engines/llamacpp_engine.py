@@ -25,6 +25,7 @@ from alignment.engines.base import (
     SamplingParams,
     Scored,
     check_conversation,
+    split_assistant_prefix,
 )
 from alignment.engines.spec import ModelSpec
 from alignment.engines.tokens import TokenLogprob
@@ -76,8 +77,9 @@ class LlamaCppEngine(Engine):
     # -- tokens ----------------------------------------------------------------------------------
     def prompt_ids(self, conversation: Conversation) -> list[int]:
         check_conversation(conversation)
-        prompt = self._formatter(messages=[dict(m) for m in conversation]).prompt
-        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        messages, prefix = split_assistant_prefix(conversation)
+        prompt = self._formatter(messages=[dict(m) for m in messages]).prompt
+        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) + (self.encode(prefix) if prefix else [])
 
     def count_tokens(self, conversation: Conversation) -> int:
         return len(self.prompt_ids(conversation))

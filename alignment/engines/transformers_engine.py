@@ -22,6 +22,7 @@ from alignment.engines.base import (
     SamplingParams,
     Scored,
     check_conversation,
+    split_assistant_prefix,
 )
 from alignment.engines.tokens import TokenLogprob
 
@@ -77,12 +78,11 @@ class TransformersEngine(Engine):
     # -- prompts ---------------------------------------------------------------------------------
     def prompt_ids(self, conversation: Conversation) -> list[int]:
         check_conversation(conversation)
-        ids = self.tokenizer.apply_chat_template(
-            list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False
-        )
+        messages, prefix = split_assistant_prefix(conversation)
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
-        return list(ids)
+        return list(ids) + (self.continuation_ids(prefix) if prefix else [])
 
     def count_tokens(self, conversation: Conversation) -> int:
         return len(self.prompt_ids(conversation))

@@ -29,3 +29,12 @@ DIRECT_PROMPT = ChatPromptTemplate.from_messages(
 
 def format_preferences(statements: list[str]) -> str:
     return "\n".join(f"- {s}" for s in statements) if statements else NO_PREFERENCES
+
+#: The policy's reply is started on this prefix, so even a small model writes its reasoning steps
+#: (engines continue a conversation that ends with an assistant message; see engines/base.py).
+REASONING_PREFIX = "Step 1:"
+
+
+def start_reasoning(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation with the assistant's reply opened on ``REASONING_PREFIX``."""
+    return [*conversation, {"role": "assistant", "content": REASONING_PREFIX}]
