@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from alignment.engines.base import Completion, Conversation, Engine, SamplingParams
 from alignment.errors import CdraError
@@ -223,13 +223,22 @@ def clean_answer(text: str, steps: Sequence[str], cut_off: bool = False) -> str:
 
 
 def parse_value(text: str) -> float | None:
-    """V in [0, 1] from ``VALUE: 0.7`` (also ``7/10``, ``70%``, or a bare ``0.7``); None if unreadable."""
+    """V in [0, 1] from the first ``VALUE: x`` (also ``7/10``, ``70%``, or a bare ``0.7``); None if unreadable.
+
+    Small teachers overshoot the scale: ``VALUE: 1.2`` reads as 1 (a value in (1, 2) means "excellent");
+    a whole number 2..10 without a scale reads as tenths (``VALUE: 7`` is 0.7). Anything else outside
+    [0, 1] is unreadable, never guessed.
+    """
     m = _VALUE.search(text)
     if m:
         value, scale = float(m.group(1)), (m.group(2) or "").replace(" ", "")
         if scale == "%" or scale == "/100":
             value /= 100.0
         elif scale == "/10":
+            value /= 10.0
+        elif 1.0 < value < 2.0:
+            value = 1.0
+        elif value.is_integer() and 2 <= value <= 10:
             value /= 10.0
     else:
         bare = _BARE_NUMBER.match(text)
@@ -264,7 +273,7 @@ class _Council:
             calls = [([c], derive_seed(self.seed, self.scenario.id, kind, level, k)) for c, k in zip(convs, keys)]
         out: list[list[Completion]] = []
         for batch, seed in calls:
-            out += self.engine.generate(batch, SamplingParams(**{**params.__dict__, "seed": seed}))
+            out += self.engine.generate(batch, replace(params, seed=seed))
             self.stats.model_calls += 1
             self.stats.conversations += len(batch)
         self.stats.completion_tokens += sum(c.completion_tokens for group in out for c in group)

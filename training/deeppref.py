@@ -67,7 +67,7 @@ class BuildConfig:
         return cls(
             council=CouncilConfig(personas=("Psychologist", "Pragmatist"), depth=2, breadth=2, branching=1,
                                   thought_max_new_tokens=40, value_samples=2, answer_max_new_tokens=64),
-            annotation=AnnotationConfig(max_new_tokens=64, retries=1),
+            annotation=AnnotationConfig(max_new_tokens=64, retries=2),
             seed=seed,
         )
 

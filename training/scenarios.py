@@ -75,6 +75,10 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write through a temporary sibling and ``os.replace``: readers see the old file or the new one.
 
@@ -100,6 +104,7 @@ def _write_atomic(path: Path, mode: str, chunks: Iterable[str] | Iterable[bytes]
                 fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

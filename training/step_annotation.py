@@ -9,7 +9,7 @@ cannot be read is retried; a path with a segment still unreadable is dropped and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from alignment.critique import ScoreParseError, StepJudgment, parse_step_judgment
 from alignment.engines.base import Engine, Message, SamplingParams
@@ -118,7 +118,7 @@ def annotate_paths(engine: Engine, scenario: Scenario, paths: list[ReasoningPath
                      for c, job in zip(convs, pending)]
         failed: list[tuple[int, int]] = []
         for batch, batch_jobs, call_seed in calls:
-            outputs = engine.generate(batch, SamplingParams(**{**params.__dict__, "seed": call_seed}))
+            outputs = engine.generate(batch, replace(params, seed=call_seed))
             stats.model_calls += 1
             for job, completions in zip(batch_jobs, outputs):
                 stats.completion_tokens += completions[0].completion_tokens

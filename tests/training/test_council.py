@@ -1,5 +1,6 @@
 """The council's Tree of Thoughts: text clean-up and value parsing on hand-made replies, pruning on
-hand-made nodes, and whole trees grown by the real default model (tiny: 2 personas, depth 2)."""
+hand-made nodes, and a real teacher whose value replies are unreadable. Whole trees grown by the real
+model are checked on the build of tests/training/test_deeppref_build.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ import pytest
 from alignment.errors import CdraError
 from alignment.steps import format_response, parse_response
 from training.council import (
-    PRUNE_REASONS,
     CouncilConfig,
     ThoughtNode,
-    ThoughtTree,
     _Council,
     clean_answer,
     clean_thought,
@@ -26,8 +25,6 @@ SCENARIO = Scenario(
                "feathers, and crowds make me anxious.",
     query="Recommend some outdoor experiences.",
 )
-TINY = CouncilConfig(personas=("Psychologist", "Pragmatist"), depth=2, breadth=2, thought_max_new_tokens=32,
-                     value_samples=2, answer_max_new_tokens=40)
 
 
 # -- pure functions ----------------------------------------------------------------------------------
@@ -52,8 +49,9 @@ def test_clean_thought(text, cut_off, expected):
     ("text", "expected"),
     [
         ("VALUE: 0.7", 0.7), ("value = .25", 0.25), ("**Value:** 0.9\nbecause...", 0.9), ("VALUE: 7/10", 0.7),
-        ("VALUE: 80%", 0.8), ("0.6", 0.6), ("VALUE: 1", 1.0), ("VALUE: 1.2", None), ("VALUE: -0.1", None),
-        ("This step is great", None), ("", None), ("VALUE: high", None),
+        ("VALUE: 80%", 0.8), ("0.6", 0.6), ("VALUE: 1", 1.0), ("VALUE: 1.25", 1.0), ("VALUE: 7", 0.7),
+        ("VALUE: 2.5", None), ("VALUE: 12", None), ("VALUE: 120%", None), ("VALUE: -0.1", None),
+        ("VALUE: 0.4 VALUE: 0.9", 0.4), ("This step is great", None), ("", None), ("VALUE: high", None),
     ],
 )
 def test_parse_value(text, expected):
@@ -95,41 +93,7 @@ def test_prune_applies_threshold_then_beam_and_counts_reasons():
     assert council.stats.pruned == {"threshold": 1, "unparseable_value": 1, "beam": 1, "duplicate": 1, "empty": 0}
 
 
-# -- real trees ----------------------------------------------------------------------------------------
-def _check_tree(tree: ThoughtTree, config: CouncilConfig) -> None:
-    nodes = tree.nodes
-    proposed = [n for n in nodes.values() if n.parent is not None]
-    assert tree.stats.proposed == len(proposed)
-    assert sum(len(n.children) for n in nodes.values()) == len(proposed)
-    assert tree.stats.pruned_total == sum(1 for n in proposed if n.pruned)
-    assert all(n.pruned in (None, *PRUNE_REASONS) for n in proposed)
-    for n in proposed:
-        assert n.persona in config.personas and n.id.startswith(n.parent + ".")
-        if n.pruned is None:
-            assert n.value is not None and n.value >= config.value_threshold
-    for path in tree.paths:
-        chain = [nodes[i] for i in path.node_ids]
-        assert [n.depth for n in chain] == list(range(1, len(chain) + 1))
-        assert all(b.parent == a.id for a, b in zip(chain, chain[1:]))
-        assert path.steps == [n.thought for n in chain] and all(n.pruned is None for n in chain)
-        assert path.answer.strip()
-        parsed = parse_response(path.response)
-        assert parsed.steps == path.steps and parsed.answer == path.answer
-    assert len({tuple(p.steps) for p in tree.paths}) == len(tree.paths)  # de-duplicated
-
-
-@pytest.mark.slow
-def test_tiny_tree_on_the_default_model_is_consistent_and_batched(default_engine):
-    tree = grow_tree(default_engine, SCENARIO, TINY, seed=3)
-    _check_tree(tree, TINY)
-    # batched: per level one proposal call and one value call (plus value retries), then one answer call
-    levels = max(n.depth for n in tree.nodes.values())
-    assert tree.stats.model_calls <= levels * (2 + TINY.value_retries) + 1
-    assert tree.stats.conversations > tree.stats.model_calls  # several nodes per call
-    assert tree.stats.proposed >= len(TINY.personas)
-    assert ThoughtTree.from_dict(tree.to_dict()).to_dict() == tree.to_dict()
-
-
+# -- a real teacher that writes garbage values (whole trees: tests/training/test_deeppref_build.py) --------
 @pytest.mark.slow
 def test_garbage_values_prune_everything_and_are_counted(default_engine):
     """A teacher whose value replies are cut to one token never yields a readable VALUE: nothing breaks,

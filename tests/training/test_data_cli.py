@@ -26,6 +26,7 @@ def cli():
 def cdra(cli, settings, monkeypatch, model_cache):
     """Run `cdra ...` in-process on a fresh data dir that shares the converted model cache."""
     monkeypatch.setenv("CDRA_MODEL_CACHE_DIR", str(model_cache))
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables on one line each
 
     def run(*args: str):
         result = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), *args])

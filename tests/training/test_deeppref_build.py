@@ -14,6 +14,7 @@ import pytest
 from alignment.engines.base import Engine, EngineError
 from alignment.errors import CdraError
 from alignment.steps import format_response, parse_response
+from training.council import PRUNE_REASONS, CouncilConfig, ThoughtTree
 from training.deeppref import (
     REA_FILE,
     RESULTS_DIR,
@@ -24,6 +25,7 @@ from training.deeppref import (
     build_deeppref,
     load_deeppref,
     read_records,
+    result_file,
 )
 from training.scenarios import SEED_SCENARIOS, read_scenarios, write_scenarios
 
@@ -134,6 +136,48 @@ def test_build_writes_valid_rea_rft_and_a_data_card(reference):
     assert (out / "score_histograms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pruning rate" in (out / "data_card.md").read_text()
     assert not list(out.rglob("*.tmp"))
+
+
+def check_tree(tree: ThoughtTree, config: CouncilConfig) -> None:
+    """Invariants of a council tree: counters match the nodes, paths are unpruned parent-child chains."""
+    nodes = tree.nodes
+    proposed = [n for n in nodes.values() if n.parent is not None]
+    assert tree.stats.proposed == len(proposed)
+    assert sum(len(n.children) for n in nodes.values()) == len(proposed)
+    assert tree.stats.pruned_total == sum(1 for n in proposed if n.pruned)
+    assert all(n.pruned in (None, *PRUNE_REASONS) for n in proposed)
+    for n in proposed:
+        assert n.persona in config.personas and n.id.startswith(n.parent + ".")
+        if n.pruned is None:
+            assert n.value is not None and n.value >= config.value_threshold
+    for path in tree.paths:
+        chain = [nodes[i] for i in path.node_ids]
+        assert [n.depth for n in chain] == list(range(1, len(chain) + 1))
+        assert all(b.parent == a.id for a, b in zip(chain, chain[1:]))
+        assert path.steps == [n.thought for n in chain] and all(n.pruned is None for n in chain)
+        assert path.answer.strip()
+        parsed = parse_response(path.response)
+        assert parsed.steps == path.steps and parsed.answer == path.answer
+    assert len({tuple(p.steps) for p in tree.paths}) == len(tree.paths)  # de-duplicated
+    # batched: per level one call for the proposals, one for the values (+ retries); one for all answers
+    levels = max(n.depth for n in proposed)
+    assert tree.stats.model_calls <= levels * (2 + config.value_retries) + 1
+    assert tree.stats.conversations > tree.stats.model_calls  # several nodes per call
+
+
+@pytest.mark.slow
+def test_reference_trees_are_consistent_and_batched(reference):
+    out, _ = reference
+    config = BuildConfig.tiny().council
+    for scenario in _scenarios():
+        data = json.loads(result_file(out, scenario.id).read_text())
+        tree = ThoughtTree.from_dict(data["tree"])
+        check_tree(tree, config)
+        assert tree.stats.proposed >= len(config.personas)
+        assert ThoughtTree.from_dict(tree.to_dict()).to_dict() == data["tree"]
+        kept = {tuple(p["steps"]) for p in data["paths"]}  # annotated paths are a subset of the tree's paths
+        assert kept <= {tuple(p.steps) for p in tree.paths}
+        assert len(tree.paths) - len(kept) == data["annotation"]["dropped_paths"]
 
 
 @pytest.mark.slow

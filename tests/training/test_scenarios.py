@@ -112,6 +112,9 @@ def test_write_scenarios_round_trips(tmp_path):
     items = [Scenario(**GOOD), Scenario(**{**GOOD, "id": "s2", "source": {"kind": "x"}})]
     write_scenarios(tmp_path / "s.jsonl", items)
     assert read_scenarios(tmp_path / "s.jsonl") == items
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "s.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_derived_seeds_are_stable_and_distinct():
