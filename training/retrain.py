@@ -68,7 +68,8 @@ class RetrainConfig:
     Parameters that decide promotion: ``promote`` ("if-better": only when the candidate's mean PRM
     reward on the validation scenarios beats the serving policy's by more than ``min_improvement``;
     "always").
-    Parameters that control the run: ``stop_after`` (a stage; exit 6, resumable), ``accelerate_config``
+    Parameters that control the run: ``stop_after`` (a stage; exit 6, resumable), ``fresh`` (abandon an
+    unfinished run instead of resuming it; its turns are processed again), ``accelerate_config``
     (multi-GPU: the CDPA stage runs as ``accelerate launch --config_file <it>``; docs/GPU.md), ``progress``.
     """
 
@@ -93,6 +94,7 @@ class RetrainConfig:
     progress: bool = True
     stop_after: str | None = None  # a stage name: stop there (exit 6); the next run resumes after it
     accelerate_config: Path | None = None  # GPU: run the CDPA stage under `accelerate launch` with this file
+    fresh: bool = False  # abandon an unfinished run (its turns are taken up again) instead of resuming it
 
     @property
     def root(self) -> Path:
@@ -360,6 +362,13 @@ class Retrain:
             raise CdraError(f"--stop-after must be one of {', '.join(STAGES)}, not {self.config.stop_after!r}")
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+        if self.config.fresh and self.state.current is not None:
+            current = self.state.current
+            self.say(f"abandoning unfinished run {current['run_id']} (finished: {', '.join(current['stages'])})")
+            self.state.data["history"].append({"run_id": current["run_id"], "started": current["started"],
+                                               "finished": _now(), "exit_code": None, "message": "abandoned (--fresh)"})
+            self.state.data["current"] = None
+            self.state.save()
         resumed = self.state.current is not None
         if not resumed:
             result = self._start_run()

@@ -264,6 +264,7 @@ def retrain_cmd(
     min_improvement: Annotated[float, typer.Option(help="margin the candidate's mean PRM reward must beat serving by")] = 0.0,
     max_scenarios: Annotated[Optional[int], typer.Option(min=1, help="cap on scenarios per run")] = None,
     stop_after: Annotated[Optional[str], typer.Option(help="stop after this stage (exit 6); the next run resumes")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="abandon an unfinished run instead of resuming it")] = False,
     use_vllm: Annotated[bool, typer.Option("--vllm/--no-vllm", help="CDPA rollouts with vLLM (GPU; docs/GPU.md)")] = False,
     accelerate_config: Annotated[Optional[Path], typer.Option(help="run CDPA under `accelerate launch` with this config (configs/accelerate/)")] = None,
 ) -> None:
@@ -299,7 +300,7 @@ def retrain_cmd(
         config.cdpa = CDPAConfig(seed=settings.seed, max_steps=max_steps, eval_every=max(1, min(25, max_steps)))
     if max_scenarios:
         config = replace(config, max_scenarios=max_scenarios)
-    config = replace(config, stop_after=stop_after, accelerate_config=accelerate_config)
+    config = replace(config, stop_after=stop_after, accelerate_config=accelerate_config, fresh=fresh)
     if use_vllm:
         from training.cdpa_trainer import CDPAConfig
 

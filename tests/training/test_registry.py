@@ -100,3 +100,22 @@ def test_engine_for_picks_up_a_promotion_without_restart(settings, adapters):
     assert factory._key(spec1, settings.models_dir) not in factory._cache  # the old version was evicted
     out = e2.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(max_new_tokens=4))
     assert out[0][0].completion_tokens > 0
+
+
+def test_cli_promote_and_bad_options(settings, adapters):
+    from typer.testing import CliRunner
+
+    from alignment.errors import CdraError
+    from app.cli import _register, app
+
+    _register()
+    reg = ModelRegistry(settings.registry_dir)
+    m = reg.publish("policy", adapters[0], is_adapter=True)
+    runner = CliRunner()
+    root = ["--data-dir", str(settings.data_dir)]
+    ok = runner.invoke(app, [*root, "train", "promote", "policy", m.version])
+    assert ok.exit_code == 0 and "now serving" in ok.stdout and reg.serving("policy").version == m.version
+    missing = runner.invoke(app, [*root, "train", "promote", "policy", "policy-0099"])
+    assert isinstance(missing.exception, CdraError) and "cdra models" in str(missing.exception)
+    bad = runner.invoke(app, [*root, "train", "grpo", "--data", "x.jsonl", "--reward", "bogus"])
+    assert isinstance(bad.exception, CdraError) and "outcome or process" in str(bad.exception)

@@ -80,7 +80,10 @@ def test_cron_exit_codes(tmp_path, model_cache):
     no_prefs = tmp_path / "noprefs.jsonl"
     no_prefs.write_text("".join(json.dumps({**json.loads(line), "user_preferences": []}) + "\n"
                                 for line in SESSIONS.read_text().splitlines()))
-    result = run_cdra(["retrain", "--sessions", str(no_prefs)], data, model_cache)
+    result = run_cdra(["retrain", "--sessions", str(no_prefs), "--stop-after", "collect"], data, model_cache)
+    assert result.returncode == 6 and "stopped after collect" in result.stdout, result.stderr
+    result = run_cdra(["retrain", "--sessions", str(no_prefs), "--fresh"], data, model_cache)  # abandon, start again
+    assert "abandoning unfinished run" in result.stderr and "6 new turns" in result.stderr
     assert result.returncode == 4 and "carry no user preferences" in result.stdout, result.stderr
     result = run_cdra(["retrain", "--sessions", str(no_prefs)], data, model_cache)  # those turns are processed now
     assert result.returncode == 4 and "no new logged turns" in result.stdout
