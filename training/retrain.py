@@ -555,8 +555,8 @@ class Retrain:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(self.config.accelerate_config),
                "-m", "training.retrain", "--cdpa-job", str(job)]
         self.say(f"  cdpa: {' '.join(cmd)}")
-        if subprocess.run(cmd).returncode != 0:
-            raise CdraError(f"the CDPA processes failed (command above); fix and rerun `cdra retrain` to resume")
+        if subprocess.run(cmd, check=False).returncode != 0:
+            raise CdraError("the CDPA processes failed (command above); fix and rerun `cdra retrain` to resume")
         result = json.loads((out / "result.json").read_text(encoding="utf-8"))
         return out / result["artifact"], bool(result["is_adapter"]), result["metrics"]
 

@@ -39,11 +39,15 @@ def _sft_config(max_steps, epochs, lr, batch_size, lora_r, full, max_length, def
 
 
 def _print_prm_eval(before, after, metrics: dict) -> None:
+    import math
+
     from rich.console import Console
     from rich.table import Table
 
     table = Table("held-out", "before SFT", "after SFT", title="Pers-GenPRM agreement with the evaluator's step scores")
-    fmt = lambda v: "n/a" if v != v else f"{v:.3f}"  # noqa: E731  (nan-safe)
+    def fmt(value: float) -> str:
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+
     table.add_row("segments", str(before.segments), str(after.segments))
     table.add_row("Spearman (read-out score)", fmt(before.spearman), fmt(after.spearman))
     table.add_row("Spearman (parsed SCORE lines)", fmt(before.spearman_parsed), fmt(after.spearman_parsed))
@@ -54,7 +58,7 @@ def _print_prm_eval(before, after, metrics: dict) -> None:
     Console().print(table)
 
 
-def _spec_for(start) -> "object":
+def _spec_for(start):
     from alignment.engines import ModelSpec
 
     if start.base == "default":
