@@ -11,7 +11,7 @@ chat:
 	.venv/bin/cdra chat
 
 test:
-	bash scripts/setup.sh --browser
+	bash scripts/setup.sh --browser --bench
 	.venv/bin/python -m pytest
 
 bench:

@@ -20,7 +20,9 @@ from typing import Any
 
 from alignment.engines.base import Engine
 from alignment.errors import CdraError
+from alignment.explicit_extraction import explicit_from_signals
 from alignment.preference_inference import PreferenceInferrer
+from alignment.preferences import PreferenceDescription
 from alignment.prompts import render
 from alignment.prompts.preference import (
     GEN_WITH_PROMPT,
@@ -32,9 +34,9 @@ from alignment.prompts.preference import (
 )
 from alignment.signals import PreferenceTestItem, read_testset
 
-METHODS = ("null", "signals", "golden", "inferred")
+METHODS = ("null", "signals", "golden", "explicit", "inferred")
 METHOD_LABELS = {"null": "Null (no description)", "signals": "E (raw signals)", "golden": "Golden (persona)",
-                 "inferred": "Inferred (AlignXplore)"}
+                 "explicit": "Explicit extractor (no model)", "inferred": "Inferred (AlignXplore)"}
 
 
 # -- the two rewards (pure given the model scores) ---------------------------------------------------
@@ -156,6 +158,8 @@ def _description(method: str, item: PreferenceTestItem, inferrer: PreferenceInfe
         return format_signals(item.signals, max_chars), 1.0, False, None
     if method == "golden":
         return (item.golden, 1.0, False, None) if item.golden else (None, 1.0, False, None)
+    if method == "explicit":  # what the fast pattern extractor alone finds in the user's own words
+        return PreferenceDescription(statements=explicit_from_signals(item.signals)).as_text(), 1.0, False, None
     if method == "inferred":
         if inferrer is None:
             raise CdraError("the inferred description needs a preference model (inferrer)")

@@ -11,7 +11,7 @@ browser=0
 for arg in "$@"; do
   case "$arg" in
     --browser) browser=1 ;;
-    --bench) extras="dev,bench" ;;
+    --bench) extras="dev,bench" ;;  # llama-cpp-python, the CPU speed anchor (builds llama.cpp, ~5 min)
     *) echo "setup.sh: unknown option $arg (use --browser, --bench)" >&2; exit 2 ;;
   esac
 done

@@ -21,7 +21,8 @@ def register_eval(eval_app: typer.Typer) -> None:
     def prefs_cmd(
         ctx: typer.Context,
         testset: Annotated[Path, typer.Option("--testset", "-t", help="JSONL (formats.md) or datasets dir")] = DEV_PREFS_TESTSET,
-        methods: Annotated[str, typer.Option(help="comma list of null, signals (E), golden, inferred")] = "null,signals,golden,inferred",
+        methods: Annotated[str, typer.Option(help="comma list of null, signals (E), golden, explicit, inferred")] = (
+            "null,signals,golden,explicit,inferred"),
         metrics: Annotated[str, typer.Option(help="comma list of jud, gen")] = "jud,gen",
         limit: Annotated[Optional[int], typer.Option(help="first N items only")] = None,
         seed: Annotated[int, typer.Option(help="A/B order and sampling seed")] = 0,

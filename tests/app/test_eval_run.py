@@ -55,10 +55,11 @@ def two_items(tmp_path_factory) -> Path:
 def test_eval_run_writes_the_full_report_and_a_rerun_costs_nothing(cli, env, two_items):
     personas = write_jsonl_atomic(env / "personas.jsonl", [json.loads(
         (REPO / "data" / "dev" / "aloe_personas.jsonl").read_text().splitlines()[1])])
+    _log_human_aloe_session(env / "data")
     out = env / "report"
     args = ["--data-dir", str(env / "data"), "eval", "run", "--methods", "zero-shot,cot", "--testset", str(two_items),
             "--memory", "with,without", "--aloe-personas", str(personas), "--aloe-turns", "2",
-            "--aloe-user-max-new-tokens", "10", "--out", str(out), *TINY]
+            "--aloe-user-max-new-tokens", "10", "--aloe-human", "--out", str(out), *TINY]
     first = invoke(cli, *args)
     assert first.exit_code == 0, first.output + repr(first.exception)
     assert "Acc_PF ↑" in first.output and "report:" in first.output
@@ -98,7 +99,8 @@ def test_eval_run_writes_the_full_report_and_a_rerun_costs_nothing(cli, env, two
     for section in ("Table 1", "Explicit preference errors", "Table 3", "Judge: readable verdicts", "ALOE"):
         assert section in report
     aloe = (out / "aloe.md").read_text()
-    assert "k=1" in aloe and "| zero-shot |" in aloe and "| cot |" in aloe
+    assert "k=1" in aloe and "| zero-shot (simulated) |" in aloe and "| cot (simulated) |" in aloe
+    assert "| policy-0007 (human) | 4.00 | 5.00 |" in aloe  # the app's rated ALOE session, same table
     turns = [json.loads(x) for x in (out / "aloe_turns.jsonl").read_text().splitlines()]
     assert len(turns) == 2 * 2 and all(t["user"] and t["judgment"]["rationale"] for t in turns)
     assert turns[0]["user"].startswith("Hi! Any ideas")  # the persona's own opening
@@ -123,6 +125,20 @@ def test_eval_run_writes_the_full_report_and_a_rerun_costs_nothing(cli, env, two
     assert compared.exit_code == 0, compared.output + repr(compared.exception)
     assert "paired on 2 shared items" in compared.output and "p (McNemar)" in compared.output
     assert "head to head (2 items, both orders)" in compared.output
+
+
+def _log_human_aloe_session(data_dir: Path) -> None:
+    """A finished ALOE session of the app, two turns rated 4 and 5, as the app's session log holds it."""
+    from memory.session_log import SessionLog, TurnRecord, default_log_path
+
+    log = SessionLog(default_log_path(data_dir / "logs"))
+    session = log.start_session("alice", "aloe", {"policy_version": "policy-0007"})
+    for query, rating in (("Hi, plans for Saturday?", 4), ("Something calm, please.", 5)):
+        turn = log.log_turn(TurnRecord("alice", session, "aloe", query, answer="A quiet garden walk.",
+                                       model_versions={"policy": "policy-0007"}))
+        log.set_rating("alice", turn, rating)
+    log.update_session("alice", session, status="finished")
+    log.close()
 
 
 def test_bad_input_fails_before_any_model_work(cli, env, two_items):
