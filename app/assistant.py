@@ -491,7 +491,7 @@ class Assistant:
             conversation = self.build_prompt(engine, lines, history, query, params.max_new_tokens)
             timings["prompt"] = _ms(t)
             turn_id = uuid.uuid4().hex
-            raw, status, error = REASONING_PREFIX, "ok", None
+            raw, status, error = "", "ok", None
             t = time.perf_counter()
             n_pieces = 0
             pieces = engine.stream(conversation, params)
@@ -501,6 +501,7 @@ class Assistant:
                         continue
                     if not n_pieces:
                         timings["first_token"] = _ms(started)
+                        delta = REASONING_PREFIX + delta  # the reply was opened on it (start_reasoning)
                     n_pieces += 1
                     raw += delta
                     yield TurnEvent("delta", text=raw, delta=delta)

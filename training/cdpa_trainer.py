@@ -24,7 +24,14 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from alignment.cdpa import METHODS, Method, Outcome, completion_segments, compute_advantages, step_scores_tensor
+from alignment.cdpa import (
+    METHODS,
+    Method,
+    Outcome,
+    completion_segments,
+    compute_advantages,
+    step_scores_tensor,
+)
 from alignment.errors import CdraError
 from alignment.prm import PRMScores
 from training.registry import write_json_atomic

@@ -4,7 +4,7 @@ policy and PRM roles the settings resolve (the packaged default unless configure
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,7 +18,7 @@ CompletionLen = Annotated[int, typer.Option("--max-completion-length", min=4, he
 PrmTokens = Annotated[int, typer.Option("--prm-max-new-tokens", min=4, help="tokens per PRM critique")]
 ReadoutGrid = Annotated[str, typer.Option(
     "--readout-grid", help="score values the PRM weighs by probability when a judgment has no SCORE line")]
-Data = Annotated[Optional[Path], typer.Option("--data", help="(preference, query) JSONL: scenarios, D_RFT or D_Rea")]
+Data = Annotated[Path | None, typer.Option("--data", help="(preference, query) JSONL: scenarios, D_RFT or D_Rea")]
 
 
 def _grid(text: str) -> tuple[float, ...]:
@@ -89,7 +89,7 @@ def register_bench(bench_app: typer.Typer) -> None:
         readout_grid: ReadoutGrid = "-1,-0.5,0,0.5,1",
         learning_rate: Annotated[float, typer.Option(help="LoRA learning rate")] = 1e-4,
         method: Annotated[str, typer.Option(help="cdpa | grpo-outcome | grpo-process")] = "cdpa",
-        out: Annotated[Optional[Path], typer.Option(help="run directory (default: <data_dir>/runs/bench-cdpa-reward)")] = None,
+        out: Annotated[Path | None, typer.Option(help="run directory (default: <data_dir>/runs/bench-cdpa-reward)")] = None,
     ) -> None:
         """A short real run: the policy's mean PRM reward on held-out prompts before vs after CDPA."""
         from training.bench_cdpa import format_reward_table, reward_run

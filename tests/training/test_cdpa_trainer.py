@@ -20,8 +20,8 @@ PROMPT = {"preference": "Allergic to cats and dogs; wants calm outdoor time; dis
 
 
 def tiny(**overrides) -> CDPAConfig:
-    base = dict(num_generations=2, max_completion_length=24, prompts_per_step=1, max_steps=1, eval_every=1,
-                learning_rate=1e-3, save_checkpoints=False, val_max_new_tokens=16)
+    base = {"num_generations": 2, "max_completion_length": 24, "prompts_per_step": 1, "max_steps": 1,
+            "eval_every": 1, "learning_rate": 1e-3, "save_checkpoints": False, "val_max_new_tokens": 16}
     return CDPAConfig(**{**base, **overrides})
 
 
