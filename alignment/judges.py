@@ -341,6 +341,7 @@ class Judge:
                 todo.append(i)
         if progress and len(todo) < len(requests):
             progress(len(requests) - len(todo))
+        todo.sort(key=lambda i: _prompt_chars(requests[i].messages))  # similar lengths batch with less padding
         for start in range(0, len(todo), self.config.batch_size):
             chunk = todo[start : start + self.config.batch_size]
             judged = self._judge_chunk([requests[i] for i in chunk])
@@ -523,6 +524,10 @@ def next_token_logprobs(engine: Engine, rows: Sequence[list[int]], targets: Sequ
             for i, tokens in enumerate(targets[start : start + batch_size]):
                 out.append([float(logp[i, t]) for t in tokens])
     return out
+
+
+def _prompt_chars(messages: Sequence[Message]) -> int:
+    return sum(len(m["content"]) for m in messages)
 
 
 def verdict_prefix(rationale: str, kind: Kind) -> str:

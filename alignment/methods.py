@@ -257,6 +257,7 @@ def cached_generate(
             todo.append(i)
     if progress and len(todo) < len(keys):
         progress(len(keys) - len(todo))
+    todo.sort(key=lambda i: sum(len(m["content"]) for m in conversations[i]))  # less padding per batch
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         texts = _generate_isolated(engine(), [conversations[i] for i in chunk], params, stats)

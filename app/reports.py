@@ -27,7 +27,9 @@ from alignment.aloe_sim import Participant, Persona, SimConfig, read_personas, s
 from alignment.engines import Engine, ModelSpec, build_engine
 from alignment.engines.base import SamplingParams
 from alignment.errors import CdraError
-from alignment.judges import CallStats, EvalCache, Judge, JudgeConfig, Judgment, rubric_request, verdict_counts
+from alignment.judges import (
+    CallStats, EvalCache, Judge, JudgeConfig, Judgment, is_local_key, rubric_request, verdict_counts,
+)
 from alignment.methods import (
     PROMPT_BASELINES, SUPERVISION, AlignmentItem, ItemContext, MethodSpec, cached_generate, conversation,
     prompt_context, read_alignment_testset, visible_reply, write_jsonl_atomic,
@@ -615,7 +617,10 @@ def _config_record(config: EvalRunConfig, items: Sequence[AlignmentItem], resolv
         "methods": [{"label": m.label, "name": m.name, "style": m.style, "source": m.source, "model": r.key,
                      "version": r.version, "spec": r.spec.model_dump()} for m, r in resolved],
         "judge": {"model": judge_model.key, "version": judge_model.version, "spec": judge_model.spec.model_dump(),
-                  **asdict(config.judge), "sees": config.judge_sees},
+                  **asdict(config.judge), "sees": config.judge_sees,
+                  "verdicts_from": "probabilities after the rationale" if (
+                      config.judge.use_logprobs if config.judge.use_logprobs is not None else is_local_key(judge_model.key)
+                  ) else "JSON only"},
         "answers": {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
                     "batch_size": config.batch_size, "conditions": list(config.conditions),
                     "memory_store": config.memory_store},

@@ -37,10 +37,11 @@ def _policy_and_prm(ctx: typer.Context, prm_max_new_tokens: int, readout_grid: s
     from app.models import engine_for
     from training.registry import ModelRegistry, training_start
 
+    grid = _grid(readout_grid)  # before any model loads
     settings = settings_from(ctx)
     start = training_start(ModelRegistry(settings.registry_dir), "policy", settings.policy, settings.models_dir)
     prm = PersGenPRM(engine_for(settings, "prm"), PRMConfig(max_new_tokens=prm_max_new_tokens, max_retries=0,
-                                                                 readout_grid=_grid(readout_grid)))
+                                                             readout_grid=grid))
     return settings, start, prm
 
 
@@ -63,13 +64,19 @@ def register_bench(bench_app: typer.Typer) -> None:
         from training.bench_cdpa import DEFAULT_PROMPTS, bench_step_split, format_step_table
         from training.cdpa_trainer import CDPAConfig, prompt_records
 
-        settings, start, prm = _policy_and_prm(ctx, prm_max_new_tokens, readout_grid)
+        from alignment.cdpa import METHODS
+
+        chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in METHODS]
+        if not chosen or unknown:
+            raise CdraError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; use {', '.join(METHODS)}")
         prompts = prompt_records(data) if data else list(DEFAULT_PROMPTS)
+        settings, start, prm = _policy_and_prm(ctx, prm_max_new_tokens, readout_grid)
         config = CDPAConfig(num_generations=generations, max_completion_length=max_completion_length,
                             prompts_per_step=1, seed=settings.seed)
         with tempfile.TemporaryDirectory(prefix="cdra-bench-cdpa-") as work:
             rows = bench_step_split(start.model_dir, prm, Path(work), config,
-                                    methods=[m.strip() for m in methods.split(",") if m.strip()],
+                                    methods=chosen,
                                     steps=steps, warmup=warmup, prompts=prompts)
         typer.echo(f"policy {start.base}{' + ' + str(start.adapter) if start.adapter else ''}; PRM {prm.engine.description}; "
                    f"G={generations}, {max_completion_length} tokens/response, 1 prompt/step, median of {steps} steps")
@@ -92,6 +99,8 @@ def register_bench(bench_app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(help="run directory (default: <data_dir>/runs/bench-cdpa-reward)")] = None,
     ) -> None:
         """A short real run: the policy's mean PRM reward on held-out prompts before vs after CDPA."""
+        from dataclasses import replace
+
         from training.bench_cdpa import format_reward_table, reward_run
         from training.cdpa_trainer import CDPAConfig, prompt_records
 
@@ -101,10 +110,11 @@ def register_bench(bench_app: typer.Typer) -> None:
         records = prompt_records(source)
         if len(records) < train + val:
             raise CdraError(f"{source} has {len(records)} distinct (preference, query) pairs; need {train + val}")
-        settings, start, prm = _policy_and_prm(ctx, prm_max_new_tokens, readout_grid)
         config = CDPAConfig(method=method, num_generations=generations, max_completion_length=max_completion_length,
                             prompts_per_step=1, max_steps=steps, eval_every=eval_every, learning_rate=learning_rate,
-                            seed=settings.seed, max_val_prompts=val)
+                            max_val_prompts=val)
+        settings, start, prm = _policy_and_prm(ctx, prm_max_new_tokens, readout_grid)
+        config = replace(config, seed=settings.seed)
         out_dir = out or settings.runs_dir / "bench-cdpa-reward"
         result = reward_run(config, records[:train], records[train:train + val], prm, start.model_dir, out_dir,
                             start.adapter)
