@@ -170,7 +170,8 @@ def completion_segments(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[
 
     The text is what the PRM scores, so its ``parse_response`` segments are the steps the scores refer to.
     Re-encoding the text usually gives back the same ids, and then the tokenizer's offsets are used; when it
-    does not (non-canonical sampled tokenizations), each token's start is found by decoding prefixes.
+    does not (non-canonical sampled tokenizations), the tokens decoded one by one usually join up to the
+    text; only when they do not (a character split across tokens) is each start found by decoding prefixes.
     Special tokens (EOS) decode to nothing and fall into the step where they stand (the last one at the end).
     """
     from alignment.steps import parse_response, token_segment_ids
@@ -179,6 +180,8 @@ def completion_segments(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[
     text = tokenizer.decode(ids, skip_special_tokens=True)
     special = set(tokenizer.all_special_ids)
     starts = _offsets_by_reencoding(tokenizer, ids, text, special)
+    if starts is None:
+        starts = _offsets_by_token_pieces(tokenizer, ids, text, special)
     if starts is None:
         starts = _offsets_by_prefix_decoding(tokenizer, ids, text)
     return text, token_segment_ids([(s, s) for s in starts], parse_response(text))
@@ -200,6 +203,17 @@ def _offsets_by_reencoding(tokenizer, ids: list[int], text: str, special: set[in
         starts.extend([start] * (pending + 1))
         pending = 0
     starts.extend([len(text)] * pending)
+    return starts
+
+
+def _offsets_by_token_pieces(tokenizer, ids: list[int], text: str, special: set[int]) -> list[int] | None:
+    pieces = ["" if i in special else tokenizer.decode([i], skip_special_tokens=True) for i in ids]
+    if "".join(pieces) != text:
+        return None
+    starts, pos = [], 0
+    for piece in pieces:
+        starts.append(pos)
+        pos += len(piece)
     return starts
 
 

@@ -41,12 +41,13 @@ class StepSplit:
 
 def bench_step_split(policy_model_dir: Path, prm: Any, work_dir: Path, config: CDPAConfig,
                      methods: Sequence[str] = ("cdpa", "grpo-outcome"), steps: int = 2, warmup: int = 1,
-                     prompts: Sequence[dict] = DEFAULT_PROMPTS) -> list[StepSplit]:
+                     prompts: Sequence[dict] = DEFAULT_PROMPTS, adapter_init: Path | None = None) -> list[StepSplit]:
     """Train each method for ``warmup + steps`` real steps from the same start and seed; time the parts."""
     rows = []
     for method in methods:
         cfg = replace(config, method=method, max_steps=warmup + steps, save_checkpoints=False)
-        trainer = build_trainer(cfg, list(prompts), prm, policy_model_dir, Path(work_dir) / method)
+        trainer = build_trainer(cfg, list(prompts), prm, policy_model_dir, Path(work_dir) / method / "ck",
+                                adapter_init)
         before = dict(trainer.prm_totals)
         trainer.train()
         t = trainer.timings

@@ -61,10 +61,9 @@ def register_bench(bench_app: typer.Typer) -> None:
         """One CDPA step split into generation, PRM scoring, advantages and update, beside outcome-GRPO."""
         import tempfile
 
+        from alignment.cdpa import METHODS
         from training.bench_cdpa import DEFAULT_PROMPTS, bench_step_split, format_step_table
         from training.cdpa_trainer import CDPAConfig, prompt_records
-
-        from alignment.cdpa import METHODS
 
         chosen = [m.strip() for m in methods.split(",") if m.strip()]
         unknown = [m for m in chosen if m not in METHODS]
@@ -76,8 +75,8 @@ def register_bench(bench_app: typer.Typer) -> None:
                             prompts_per_step=1, seed=settings.seed)
         with tempfile.TemporaryDirectory(prefix="cdra-bench-cdpa-") as work:
             rows = bench_step_split(start.model_dir, prm, Path(work), config,
-                                    methods=chosen,
-                                    steps=steps, warmup=warmup, prompts=prompts)
+                                    methods=chosen, steps=steps, warmup=warmup, prompts=prompts,
+                                    adapter_init=start.adapter)
         typer.echo(f"policy {start.base}{' + ' + str(start.adapter) if start.adapter else ''}; PRM {prm.engine.description}; "
                    f"G={generations}, {max_completion_length} tokens/response, 1 prompt/step, median of {steps} steps")
         typer.echo(format_step_table(rows), nl=False)

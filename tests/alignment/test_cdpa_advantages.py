@@ -294,7 +294,7 @@ def test_completion_segments_on_non_canonical_ids(tokenizer):
     ids = [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
     text, segs = completion_segments(tokenizer, ids)
     assert text == "".join(pieces)
-    assert tokenizer(text, add_special_tokens=False)["input_ids"] != ids  # really the fallback path
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] != ids  # not the re-encoding path
     assert len(segs) == len(ids)
     # every token lies in the segment that holds its first character
     first_step2 = text.index("Step 2")
@@ -305,3 +305,18 @@ def test_completion_segments_on_non_canonical_ids(tokenizer):
     for start, seg in zip(starts, segs):
         expected = 0 if start < first_step2 else (1 if start < text.index("Answer") else 2)
         assert seg == expected, (start, seg)
+
+
+def test_completion_segments_with_a_character_split_across_tokens(tokenizer):
+    from alignment.cdpa import _offsets_by_token_pieces
+
+    pieces = ["Step 1: she likes 🙂 and pri", "vacy\nAnswer: 日本 trip"]
+    ids = [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
+    text, segs = completion_segments(tokenizer, ids)
+    assert text == "".join(pieces)
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] != ids
+    assert _offsets_by_token_pieces(tokenizer, ids, text, set()) is None  # so prefixes were decoded
+    answer_at = text.index("Answer")
+    for k, seg in enumerate(segs):
+        start = len(tokenizer.decode(ids[:k]).replace("\ufffd", ""))  # a partial character counts as not there yet
+        assert seg == (0 if start < answer_at else 1), (k, start, seg)
