@@ -494,6 +494,12 @@ class Assistant:
             raw, status, error = "", "ok", None
             t = time.perf_counter()
             n_pieces = 0
+
+            def finish() -> TurnResult:
+                """Log what exists of the turn so far, whatever way it ended."""
+                return self._finish(user_id, session_id, turn_id, scope, mode, query, history, retrieved, raw,
+                                    engine, timings, status, error, persona, meta, n_pieces, params)
+
             pieces = engine.stream(conversation, params)
             try:
                 for delta in pieces:
@@ -508,25 +514,7 @@ class Assistant:
             except GeneratorExit:
                 status, error = "cancelled", "the reader left before the answer was finished"
                 timings["generation"] = _ms(t)
-                self._finish(
-                    user_id,
-                    session_id,
-                    turn_id,
-                    scope,
-                    mode,
-                    query,
-                    history,
-                    retrieved,
-                    raw,
-                    engine,
-                    timings,
-                    status,
-                    error,
-                    persona,
-                    meta,
-                    n_pieces,
-                    params,
-                )
+                finish()
                 raise
             except (EngineError, CdraError) as exc:
                 status, error = "error", f"the model failed while answering: {exc}"
@@ -536,25 +524,7 @@ class Assistant:
             finally:
                 pieces.close()
             timings["generation"] = _ms(t)
-            result = self._finish(
-                user_id,
-                session_id,
-                turn_id,
-                scope,
-                mode,
-                query,
-                history,
-                retrieved,
-                raw,
-                engine,
-                timings,
-                status,
-                error,
-                persona,
-                meta,
-                n_pieces,
-                params,
-            )
+            result = finish()
         yield TurnEvent("done" if status == "ok" else "error", text=raw, result=result, error=error)
 
     def _finish(
