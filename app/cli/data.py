@@ -200,10 +200,10 @@ def register_bench(bench_app: typer.Typer) -> None:
                                answer_max_new_tokens=answer_tokens)
         engine = engine_for(settings, "teacher")
         rows, ratio = bench_council(engine, items, config, seed=seed)
-        table = Table("mode", "trees", "nodes", "model calls / tree", "seconds", "nodes / s",
+        table = Table("mode", "trees", "nodes", "model calls / tree", "seconds", "CPU seconds", "nodes / s",
                       title=f"cdra bench data: council trees on {engine.description}")
         for r in rows:
             table.add_row(r["mode"], str(r["trees"]), str(r["nodes"]), f"{r['calls_per_tree']:.1f}",
-                          f"{r['seconds']:.1f}", f"{r['nodes_per_s']:.3f}")
+                          f"{r['seconds']:.1f}", f"{r['cpu_seconds']:.1f}", f"{r['nodes_per_s']:.3f}")
         Console().print(table)
         typer.echo(f"batched / one call per node: {ratio:.2f}x nodes per second")
