@@ -361,12 +361,14 @@ class CDPATrainer(GRPOTrainer):
                 device = next(model.parameters()).device
                 input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=device)
                 attention = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
-                sample = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 \
-                    else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+                if temperature > 0:
+                    sample = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+                else:
+                    sample = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
                 out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                                      pad_token_id=pad, eos_token_id=self.eos_token_ids, **sample)
                 for row in out[:, width:].tolist():
-                    texts.append(completion_segments(tok, _until_eos(row, self.eos_token_ids, pad))[0])
+                    texts.append(tok.decode(_until_eos(row, self.eos_token_ids, pad), skip_special_tokens=True))
         finally:
             if was_training:
                 model.train()

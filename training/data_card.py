@@ -112,6 +112,7 @@ def _tree_counters(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "parse_failures": sum(a["parse_failures"] for a in annotation),
             "retries": sum(a["retries"] for a in annotation),
             "dropped_paths": sum(a["dropped_paths"] for a in annotation),
+            "clamped_scores": sum(a.get("clamped", 0) for a in annotation),
             "evaluator_calls_per_tree": round(sum(a["model_calls"] for a in annotation) / n, 2),
         },
     }
@@ -134,7 +135,7 @@ def render_markdown(card: dict[str, Any]) -> str:
             f"* values V: {t['values']}; unreadable value replies: {t['value_parse_failures']} "
             f"(retried thoughts {t['value_retries']}); empty answers: {t['empty_answers']}",
             f"* critiques: {a['judgments']} judged, {a['parse_failures']} unreadable replies, {a['retries']} retries, "
-            f"{a['dropped_paths']} paths dropped",
+            f"{a['dropped_paths']} paths dropped, {a['clamped_scores']} overshooting scores clamped to ±1",
             f"* model calls per tree: teacher {t['teacher_calls_per_tree']}, evaluator {a['evaluator_calls_per_tree']}; "
             f"teacher seconds per tree {t['teacher_seconds_per_tree']}",
         ]

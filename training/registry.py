@@ -142,13 +142,15 @@ class ModelRegistry:
                 config: dict | None = None) -> RegisteredModel:
         """Make a trained artifact a new version: copy an adapter (small), move full weights (large).
 
-        The manifest is written last, so a crash leaves at most an invisible unfinished directory.
+        ``metrics`` go to the version's ``metrics.json`` as given and, flattened to scalars, into the
+        manifest. The manifest is written last, so a crash leaves at most an invisible unfinished directory.
         """
         artifact_dir = Path(artifact_dir)
         marker = "adapter_config.json" if is_adapter else "config.json"
         if not (artifact_dir / marker).is_file():
             raise FileNotFoundError(f"{artifact_dir} holds no trained {'adapter' if is_adapter else 'model'} ({marker} missing)")
         version, path = self.new_version_dir(role)
+        write_json_atomic(path / "metrics.json", metrics or {})
         name = "adapter" if is_adapter else "model"
         if is_adapter:
             shutil.copytree(artifact_dir, path / name)
@@ -156,7 +158,7 @@ class ModelRegistry:
             shutil.move(str(artifact_dir), str(path / name))
         return self.register(RegisteredModel(
             role=role, version=version, path=path, base=base, adapter=name if is_adapter else None,
-            weights=None if is_adapter else name, parent=parent, metrics=metrics or {}, data=data or {},
+            weights=None if is_adapter else name, parent=parent, metrics=flat_metrics(metrics or {}), data=data or {},
             config=config or {},
         ))
 
@@ -170,6 +172,20 @@ class ModelRegistry:
 
 
 _VERSION = re.compile(r"(.+)-(\d{4,})")
+
+
+def flat_metrics(metrics: dict, prefix: str = "") -> dict:
+    """The scalar entries of a (nested) metrics dict, keys joined with "_": what `cdra models` shows;
+    the full nested metrics go to the version's metrics.json."""
+    out: dict = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_metrics(value, f"{name}_"))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            if value is not None:
+                out[name] = value
+    return out
 
 
 def fingerprint(path: Path) -> dict:

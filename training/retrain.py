@@ -530,7 +530,7 @@ class Retrain:
             result = train_policy(config, data, self._prm_engine(), model_dir, adapter_init=adapter, out_dir=out)
             artifact, is_adapter, metrics_cdpa = result.artifact_dir, result.is_adapter, result.metrics
         base = rft["base"] if is_adapter else str(artifact)
-        metrics = {"rft": rft["metrics"], "cdpa": metrics_cdpa, "prm_version": self.state.stage("prm")["version"]}
+        metrics = {"prm_version": self.state.stage("prm")["version"], "rft": rft["metrics"], "cdpa": metrics_cdpa}
         model = self.registry.publish(
             "policy", artifact, is_adapter=is_adapter, base=base, parent=rft["parent"],
             metrics=metrics, data=self._data(),
@@ -590,12 +590,15 @@ class Retrain:
                                     self.config.promote, self.config.min_improvement)
         policy_v, prm_v = self.state.stage("cdpa")["version"], self.state.stage("prm")["version"]
         model = self.registry.get("policy", policy_v)
-        model.metrics = {**model.metrics, "eval": {"candidate": ev["candidate"]["mean_reward"],
-                                                   "serving": ev["serving"]["mean_reward"],
-                                                   "serving_version": ev["serving_version"],
-                                                   "scenarios": ev["scenarios"], "held_out": ev["held_out"]},
-                         "val_reward": ev["candidate"]["mean_reward"]}
+        evaluation = {"val_reward": ev["candidate"]["mean_reward"], "serving_reward": ev["serving"]["mean_reward"],
+                      "serving_version": ev["serving_version"], "val_scenarios": ev["scenarios"],
+                      "held_out": ev["held_out"]}
+        model.metrics = {**evaluation, **model.metrics}
         self.registry.register(model)
+        details = model.path / "metrics.json"
+        full = json.loads(details.read_text(encoding="utf-8")) if details.is_file() else {}
+        write_json_atomic(details, {**full, "evaluation": {**evaluation, "candidate": ev["candidate"],
+                                                          "serving": ev["serving"]}})
         if decision.promote:
             self.registry.promote_many({"prm": prm_v, "policy": policy_v})
         self.say(f"  promote: {'yes' if decision.promote else 'no'} ({decision.reason})")

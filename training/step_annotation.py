@@ -36,6 +36,10 @@ class AnnotationConfig:
             Retries are sampled (seeded), since a greedy retry would repeat the same reply.
         demonstrations (`bool`, defaults to `True`):
             Prepend two solved critique turns (same instruction, same output format) to every prompt.
+        clamp_overshoot (`bool`, defaults to `True`):
+            Read a final score just outside [-1, 1] (1 < |x| < 2, e.g. ``SCORE: 1.25``, a small evaluator's
+            "better than excellent") as the nearest bound and count it; `False` treats it as unreadable.
+            Either way the record holds a score in [-1, 1], which is what Pers-GenPRM learns.
 
     Parameters that control batching:
         batched (`bool`, defaults to `True`):
@@ -47,6 +51,7 @@ class AnnotationConfig:
     retries: int = 2
     retry_temperature: float = 0.7
     demonstrations: bool = True
+    clamp_overshoot: bool = True
     batched: bool = True
 
     def __post_init__(self) -> None:
@@ -72,6 +77,7 @@ class AnnotationStats:
     parse_failures: int = 0  # unreadable replies, retries included
     retries: int = 0
     dropped_paths: int = 0
+    clamped: int = 0  # overshooting scores read as the nearest bound
     model_calls: int = 0
     completion_tokens: int = 0
 
@@ -123,7 +129,8 @@ def annotate_paths(engine: Engine, scenario: Scenario, paths: list[ReasoningPath
             for job, completions in zip(batch_jobs, outputs):
                 stats.completion_tokens += completions[0].completion_tokens
                 try:
-                    judged[job] = parse_step_judgment(completions[0].text)
+                    judged[job] = parse_step_judgment(completions[0].text, config.clamp_overshoot)
+                    stats.clamped += judged[job].clamped
                 except ScoreParseError:
                     stats.parse_failures += 1
                     failed.append(job)

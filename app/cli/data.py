@@ -157,6 +157,7 @@ def stats_cmd(
         overview.add_row("pruned by reason", ", ".join(f"{k} {v}" for k, v in t["nodes_pruned"].items()))
         overview.add_row("unreadable values / critiques", f"{t['value_parse_failures']} / {a['parse_failures']}")
         overview.add_row("paths dropped (unreadable score)", str(a["dropped_paths"]))
+        overview.add_row("scores clamped to ±1 (overshoot)", str(a["clamped_scores"]))
         overview.add_row("model calls per tree (teacher / evaluator)",
                          f"{t['teacher_calls_per_tree']} / {a['evaluator_calls_per_tree']}")
     console.print(overview)

@@ -275,7 +275,10 @@ def flow(server, browser, artifacts_dir, page) -> None:
     rated = log.turns(user_id="alice", session_id=aloe[0]["session_id"])
     assert [t["rating"] for t in rated] == [4, 5] and all(t["persona"]["id"] == "runner" for t in rated)
     bob_turns = log.turns(user_id="bob")
-    assert [t["status"] for t in bob_turns] == ["cancelled", "ok"] and bob_turns[0]["raw"]
+    # one record per turn either way; whether the server notices the closed tab before the last token is a
+    # race (the cancelled path itself is pinned in tests/app/test_assistant.py)
+    assert len(bob_turns) == 2 and bob_turns[1]["status"] == "ok"
+    assert bob_turns[0]["status"] in {"cancelled", "ok"} and bob_turns[0]["raw"]
     assert all(t["retrieved_preferences"] == [] for t in bob_turns)  # none of alice's memory
     log.close()
 

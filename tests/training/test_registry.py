@@ -44,6 +44,7 @@ def test_versions_publish_and_promote(tmp_path, adapters):
     manifest = json.loads((m.path / "manifest.json").read_text())
     assert manifest["data"]["rft"]["records"] == 2 and len(manifest["data"]["rft"]["sha256"]) == 64
     assert manifest["config"] == {"lr": 1e-4} and manifest["parent"] is None
+    assert manifest["metrics"] == {"loss": 1.5} and json.loads((m.path / "metrics.json").read_text()) == {"loss": 1.5}
     m2 = reg.publish("policy", adapters[1], is_adapter=True, parent=m.version)
     assert [v.version for v in reg.versions("policy")] == ["policy-0008", "policy-0009"]
     assert reg.serving("policy") is None
@@ -53,6 +54,13 @@ def test_versions_publish_and_promote(tmp_path, adapters):
         reg.promote("policy", "policy-0042")
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         reg.publish("prm", tmp_path, is_adapter=True)
+
+
+def test_flat_metrics_keep_scalars():
+    from training.registry import flat_metrics
+
+    nested = {"val_reward": 0.4, "rft": {"train_loss": 2.1, "history": [1, 2]}, "prm": {"counts": {"readout": 5}}, "x": None}
+    assert flat_metrics(nested) == {"val_reward": 0.4, "rft_train_loss": 2.1, "prm_counts_readout": 5}
 
 
 def test_fingerprint_changes_with_content(tmp_path):

@@ -122,7 +122,10 @@ def test_tiny_retrain_promotes_a_policy_that_ask_serves(tmp_path, model_cache, s
     registry = ModelRegistry(settings.registry_dir)
     policy, prm = registry.serving("policy"), registry.serving("prm")
     assert policy.version == "policy-0001" and prm.version == "prm-0001"
-    assert policy.metrics["prm_version"] == "prm-0001" and "eval" in policy.metrics
+    assert policy.metrics["prm_version"] == "prm-0001" and "val_reward" in policy.metrics
+    assert "rft_train_loss" in policy.metrics and "cdpa_steps" in policy.metrics  # flat, for `cdra models`
+    details = json.loads((policy.path / "metrics.json").read_text())
+    assert set(details["evaluation"]) >= {"candidate", "serving", "val_reward", "serving_reward"}
     assert set(policy.data) == {"sessions", "scenarios", "rea", "rft"} and policy.data["rea"]["records"] > 0
     assert json.loads((data / "retrain" / "state.json").read_text())["current"] is None
 
