@@ -13,7 +13,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alignment.engines.base import Engine, EngineError, Message, SamplingParams
 from alignment.errors import CdraError, FormatError
+from alignment.records import json_records
 from alignment.judges import CallStats, EvalCache, digest
 from alignment.prompts import render
 from alignment.prompts.methods import METHOD_PROMPTS
@@ -71,34 +72,11 @@ class AlignmentItem(BaseModel):
         return dict(self.model_extra or {})
 
 
-def _records(path: Path) -> Iterator[tuple[str, Any]]:
-    if path.is_dir():
-        try:
-            from datasets import load_from_disk
-
-            dataset = load_from_disk(str(path))
-        except Exception as exc:
-            raise FormatError(f"{path}: not a JSONL file or a datasets directory ({exc})") from None
-        for i, row in enumerate(dataset):
-            yield f"{path}[{i}]", {k: v for k, v in dict(row).items() if v is not None}
-        return
-    if not path.is_file():
-        raise FormatError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FormatError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-
-
 def read_alignment_testset(path: str | Path) -> list[AlignmentItem]:
     """Every item of a JSONL file or datasets directory; a bad line raises FormatError naming file:line."""
     items: list[AlignmentItem] = []
     seen: dict[str, str] = {}
-    for where, obj in _records(Path(path)):
+    for where, obj in json_records(Path(path)):
         if not isinstance(obj, dict):
             raise FormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         try:

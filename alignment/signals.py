@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from alignment.errors import FormatError
+from alignment.records import json_records
 
 
 class _SignalBase(BaseModel):
@@ -121,33 +121,9 @@ def parse_signal(obj: Any, where: str = "signal") -> Signal:
         raise FormatError(f"{where}: {_describe(exc)}") from None
 
 
-def _records(path: Path) -> Iterator[tuple[str, Any]]:
-    """(file:line, decoded object) for a JSONL file or a datasets directory; malformed JSON is an error."""
-    if path.is_dir():
-        try:
-            from datasets import load_from_disk
-
-            dataset = load_from_disk(str(path))
-        except Exception as exc:
-            raise FormatError(f"{path}: not a JSONL file or a datasets directory ({exc})") from None
-        for i, row in enumerate(dataset):
-            yield f"{path}[{i}]", {k: v for k, v in dict(row).items() if v is not None}
-        return
-    if not path.is_file():
-        raise FormatError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FormatError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-
-
 def read_signals(path: str | Path) -> list[Signal]:
     """Every signal of a file, validated; the first bad line raises FormatError and nothing is returned."""
-    signals = [parse_signal(obj, where) for where, obj in _records(Path(path))]
+    signals = [parse_signal(obj, where) for where, obj in json_records(Path(path))]
     if not signals:
         raise FormatError(f"{path}: no signals in the file")
     return signals
@@ -156,7 +132,7 @@ def read_signals(path: str | Path) -> list[Signal]:
 def read_testset(path: str | Path) -> list[PreferenceTestItem]:
     """The preference-inference test set (formats.md), validated line by line."""
     items = []
-    for where, obj in _records(Path(path)):
+    for where, obj in json_records(Path(path)):
         if not isinstance(obj, dict):
             raise FormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         try:

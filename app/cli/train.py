@@ -16,6 +16,12 @@ train_app = typer.Typer(help="Train one stage: Pers-GenPRM, RFT, CDPA or a GRPO 
 DataOpt = Annotated[Path, typer.Option("--data", "-d", help="JSONL file, `datasets` directory, or a DeepPref build directory")]
 StepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="optimizer steps (default: one epoch)")]
 PromoteFlag = Annotated[bool, typer.Option("--promote/--no-promote", help="serve the new version right away")]
+# the SFT knobs `train prm` and `train rft` share
+EpochsOpt = Annotated[float, typer.Option(help="epochs when --max-steps is not given")]
+BatchOpt = Annotated[int, typer.Option(min=1)]
+LoraRankOpt = Annotated[int, typer.Option(min=1, help="LoRA rank")]
+FullFlag = Annotated[bool, typer.Option("--full", help="full fine-tune instead of LoRA")]
+MaxLengthOpt = Annotated[int, typer.Option(help="tokens per example")]
 
 
 def _data_file(path: Path, kind: str) -> Path:
@@ -71,12 +77,12 @@ def train_prm_cmd(
     ctx: typer.Context,
     data: DataOpt,
     max_steps: StepsOpt = None,
-    epochs: Annotated[float, typer.Option(help="epochs when --max-steps is not given")] = 1.0,
+    epochs: EpochsOpt = 1.0,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (default 2e-4 LoRA, 1e-5 full)")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 4,
-    lora_r: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 16,
-    full: Annotated[bool, typer.Option("--full", help="full fine-tune instead of LoRA")] = False,
-    max_length: Annotated[int, typer.Option(help="tokens per example")] = 1024,
+    batch_size: BatchOpt = 4,
+    lora_r: LoraRankOpt = 16,
+    full: FullFlag = False,
+    max_length: MaxLengthOpt = 1024,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Spearman agreement on held-out records before vs after")] = False,
     eval_records: Annotated[int, typer.Option(help="held-out paths to score with --eval (0: all)")] = 0,
     eval_max_new_tokens: Annotated[int, typer.Option(help="critique length with --eval")] = 64,
@@ -121,12 +127,12 @@ def train_rft_cmd(
     ctx: typer.Context,
     data: DataOpt,
     max_steps: StepsOpt = None,
-    epochs: Annotated[float, typer.Option(help="epochs when --max-steps is not given")] = 1.0,
+    epochs: EpochsOpt = 1.0,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (default 1e-4 LoRA, 1e-5 full)")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 4,
-    lora_r: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 16,
-    full: Annotated[bool, typer.Option("--full", help="full fine-tune instead of LoRA")] = False,
-    max_length: Annotated[int, typer.Option(help="tokens per example")] = 1024,
+    batch_size: BatchOpt = 4,
+    lora_r: LoraRankOpt = 16,
+    full: FullFlag = False,
+    max_length: MaxLengthOpt = 1024,
     promote: PromoteFlag = False,
 ) -> None:
     """RFT: policy SFT on D_RFT (the best path per scenario), registered as a new policy version."""
