@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from alignment.engines.base import Engine, Message, SamplingParams
 from alignment.errors import CdraError, FormatError
 from alignment.judges import CallStats, EvalCache, Judge, aloe_turn_request
-from alignment.methods import ItemContext, Style, _records, cached_generate, conversation, visible_reply
+from alignment.methods import ItemContext, Style, cached_generate, conversation, visible_reply
+from alignment.records import json_records
 from alignment.prompts import render
 from alignment.prompts.aloe import OPENING_CUE, REPLY_CUE, SIMULATED_USER_PROMPT
 
@@ -75,7 +76,7 @@ def read_personas(path: str | Path) -> list[Persona]:
     if path.is_dir() and (path / "profile_eval.jsonl").is_file():
         return import_aloe_dataset(path)
     personas: list[Persona] = []
-    for where, obj in _records(path):
+    for where, obj in json_records(path):
         if not isinstance(obj, dict):
             raise FormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         try:
