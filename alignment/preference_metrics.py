@@ -306,20 +306,17 @@ def evaluate_preferences(
     return report
 
 
-def evaluate_for_report(settings: Any, testset: str | Path, limit: int | None = None, n_boot: int = 1000,
-                        seed: int = 0) -> dict:
+def evaluate_for_report(judge: Engine, preference: Engine, testset: str | Path, limit: int | None = None,
+                        n_boot: int = 1000, seed: int = 0) -> dict:
     """For `cdra eval run --prefs-testset`: rows of {label, acc_jud, acc_gen (value/low/high in %), n}.
 
-    The app passes its Settings; engines are resolved through ``app.models.engine_for`` (imported here,
-    lazily, so that this module itself stays free of app/ at import time).
+    The caller (app/reports.py) resolves the judge and preference-inference roles through its registry.
     """
     from alignment.metrics import estimate
     from alignment.preference_inference import InferenceConfig
-    from app.models import engine_for  # the app is the caller; roles resolve through its registry
 
     items = read_testset(testset)
-    judge = engine_for(settings, "judge")
-    inferrer = PreferenceInferrer(engine_for(settings, "preference"), InferenceConfig(seed=seed))
+    inferrer = PreferenceInferrer(preference, InferenceConfig(seed=seed))
     report = evaluate_preferences(items, judge, judge, inferrer, PrefEvalConfig(seed=seed, limit=limit))
     out = []
     for summary in report.summaries:

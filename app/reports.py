@@ -408,8 +408,12 @@ def _run_prefs(settings: Settings, config: EvalRunConfig) -> dict | None:
         from alignment import preference_metrics
     except ImportError as exc:
         raise CdraError(f"--prefs-testset needs alignment/preference_metrics.py ({exc})") from exc
-    return preference_metrics.evaluate_for_report(settings, config.prefs_testset, limit=config.limit,
-                                                  n_boot=config.n_boot, seed=config.seed)
+    from app.models import engine_for
+
+    return preference_metrics.evaluate_for_report(
+        engine_for(settings, "judge"), engine_for(settings, "preference"), config.prefs_testset,
+        limit=config.limit, n_boot=config.n_boot, seed=config.seed,
+    )
 
 
 # -- tables and plots ------------------------------------------------------------------------------

@@ -199,6 +199,22 @@ def test_importers_from_the_command_line(cli, env, shared_dir):
 
 
 @pytest.mark.slow
+def test_prefs_testset_adds_acc_jud_and_acc_gen_to_the_report(cli, env, two_items):
+    out = env / "report-prefs"
+    result = invoke(cli, "--data-dir", str(env / "data"), "eval", "run", "--methods", "zero-shot", "--testset",
+                    str(two_items), "--memory", "without", "--limit", "1", "--prefs-testset",
+                    str(REPO / "data" / "dev" / "prefeval_prefs_test.jsonl"), "--out", str(out), *TINY)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    prefs = json.loads((out / "metrics.json").read_text())["prefs"]
+    assert prefs["rows"] and all(row["n"] == 1 for row in prefs["rows"])
+    for row in prefs["rows"]:
+        jud = row["acc_jud"]
+        assert jud["value"] in (0.0, 100.0) and jud["low"] <= jud["value"] <= jud["high"]  # one item: 0 or 100 %
+    report = (out / "report.md").read_text()
+    assert "Preference inference (AlignXplore Acc_jud / Acc_gen)" in report and "| Acc_jud ↑ |" in report
+
+
+@pytest.mark.slow
 def test_bench_eval_prints_the_batched_speed_ratio(cli, env):
     result = invoke(cli, "--data-dir", str(env / "data"), "bench", "eval", "-n", "4", "--max-new-tokens", "4",
                     "--batch-size", "4")
