@@ -182,9 +182,8 @@ def flat_metrics(metrics: dict, prefix: str = "") -> dict:
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flat_metrics(value, f"{name}_"))
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            if value is not None:
-                out[name] = value
+        elif isinstance(value, (int, float, str, bool)):
+            out[name] = value
     return out
 
 

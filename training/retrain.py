@@ -593,7 +593,7 @@ class Retrain:
         evaluation = {"val_reward": ev["candidate"]["mean_reward"], "serving_reward": ev["serving"]["mean_reward"],
                       "serving_version": ev["serving_version"], "val_scenarios": ev["scenarios"],
                       "held_out": ev["held_out"]}
-        model.metrics = {**evaluation, **model.metrics}
+        model.metrics = {**model.metrics, **evaluation}  # a resumed evaluation replaces the last one
         self.registry.register(model)
         details = model.path / "metrics.json"
         full = json.loads(details.read_text(encoding="utf-8")) if details.is_file() else {}
