@@ -1,7 +1,7 @@
 """Reading the record files of shared/design/formats.md: JSONL, or a saved Hugging Face datasets directory.
 
-Both readers of user-supplied test sets and signal files go through here, so a malformed line is reported
-the same way (file:line and what is wrong) wherever it is read.
+Every reader of user-supplied test sets, signal files and persona files goes through here, so a malformed line
+is reported the same way (file:line and what is wrong) wherever it is read.
 """
 
 from __future__ import annotations
