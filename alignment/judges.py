@@ -1,7 +1,9 @@
 """LLM-as-judge: rubric requests -> judgments with the judge's rationale and a strictly parsed verdict.
 
-A judgment's verdict comes from the judge's JSON reply (``{"rationale": ..., "verdict": "yes"}``), parsed
-strictly: anything else is an unparseable verdict that is counted and reported, never guessed. On local
+A judgment's verdict comes from the judge's JSON reply (``{"rationale": ..., "verdict": "yes"}``), declared
+once in alignment/formats (``verdict(kind)``) and enforced by constrained decoding where the engine can; an
+unconstrained endpoint's reply is read as JSON, and anything else is an unparseable verdict that is counted
+and reported, never guessed. On local
 engines the verdict is read from the judge's probabilities of each option right after its own rationale
 (``{"rationale": "...", "verdict": "yes`` vs ``..."no``: one forward pass on a local transformers model,
 ``Engine.score`` otherwise), which a 135M judge gives reliably even when its JSON is broken; both are stored. Judgments are cached in SQLite
@@ -23,10 +25,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from alignment.engines.base import Engine, EngineError, Message, PromptTooLongError, SamplingParams
 from alignment.errors import CdraError
+from alignment.formats import FormatParseError, verdict
 from alignment.prompts import render
 from alignment.prompts.judge import ALOE_TURN, NO_NOTES, PAIRWISE, YES_NO_RUBRICS
 
@@ -46,47 +49,20 @@ class ParsedVerdict:
     verdict: bool | str | int  # yes/no -> bool, pair -> "A"/"B", rating -> 1..5
 
 
-_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.S | re.I)
+def verdict_format(kind: Kind, rationale_tokens: int = 64):
+    """The declared reply of a rubric of this kind (alignment/formats.catalog.verdict)."""
+    return verdict(kind, rationale_tokens)
 
 
-def parse_verdict(text: str, kind: Kind) -> ParsedVerdict:
-    """Strict: the reply (optionally inside one ```json fence) must be a JSON object with a non-empty
-    string ``rationale`` and the verdict key of its kind; extra prose before or after is an error."""
-    body = text.strip()
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1).strip()
+def parse_verdict(text: str, kind: Kind, *, strict: bool = False) -> ParsedVerdict:
+    """The verdict of one reply: exactly the declared JSON (``strict``), or any JSON object with a non-empty
+    ``rationale`` and the verdict key of its kind (an unconstrained judge; one ```json fence allowed); extra
+    prose, a missing key or an invalid value is a ``VerdictParseError``, never a guess."""
     try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise VerdictParseError(f"not a JSON object ({exc.msg} at char {exc.pos}): {text[:120]!r}") from None
-    if not isinstance(obj, dict):
-        raise VerdictParseError(f"expected a JSON object, got {type(obj).__name__}")
-    rationale = obj.get("rationale")
-    if not isinstance(rationale, str) or not rationale.strip():
-        raise VerdictParseError("missing or empty \"rationale\"")
-    key = VERDICT_KEY[kind]
-    if key not in obj:
-        raise VerdictParseError(f"missing \"{key}\"")
-    return ParsedVerdict(rationale.strip(), _read_value(obj[key], kind))
-
-
-def _read_value(value: Any, kind: Kind) -> bool | str | int:
-    if kind == "yesno":
-        if isinstance(value, str) and value.strip().lower() in ("yes", "no"):
-            return value.strip().lower() == "yes"
-        raise VerdictParseError(f"verdict must be \"yes\" or \"no\", not {value!r}")
-    if kind == "pair":
-        if isinstance(value, str) and value.strip().upper() in ("A", "B"):
-            return value.strip().upper()
-        raise VerdictParseError(f"verdict must be \"A\" or \"B\", not {value!r}")
-    if isinstance(value, bool):
-        raise VerdictParseError(f"rating must be a whole number 1..5, not {value!r}")
-    if isinstance(value, int) and 1 <= value <= 5:
-        return value
-    if isinstance(value, str) and value.strip() in OPTIONS["rating"]:
-        return int(value.strip())
-    raise VerdictParseError(f"rating must be a whole number 1..5, not {value!r}")
+        reading = verdict_format(kind).read(text, lenient=not strict)
+    except FormatParseError as exc:
+        raise VerdictParseError(f"{exc.problem}: {text[:120]!r}") from None
+    return ParsedVerdict(reading.value.rationale, reading.value.verdict)
 
 
 # -- requests and judgments ------------------------------------------------------------------------
@@ -284,6 +260,7 @@ class JudgeConfig:
     """
 
     max_new_tokens: int = 96
+    rationale_tokens: int = 64  # the declared verdict format's bound on the rationale
     temperature: float = 0.0
     batch_size: int = 16
     use_logprobs: bool | None = None
@@ -323,6 +300,7 @@ class Judge:
         c = self.config
         return digest({"judge": self.judge_key, "rubric": request.rubric, "kind": request.kind,
                        "messages": list(request.messages), "max_new_tokens": c.max_new_tokens,
+                       "format": verdict_format(request.kind, c.rationale_tokens).name,
                        "temperature": c.temperature, "logprobs": self.use_logprobs, "seed": c.seed,
                        "rationale_chars": c.rationale_chars})
 
@@ -341,9 +319,12 @@ class Judge:
                 todo.append(i)
         if progress and len(todo) < len(requests):
             progress(len(requests) - len(todo))
-        todo.sort(key=lambda i: _prompt_chars(requests[i].messages))  # similar lengths batch with less padding
-        for start in range(0, len(todo), self.config.batch_size):
-            chunk = todo[start : start + self.config.batch_size]
+        # one verdict format per call; similar lengths batch with less padding
+        todo.sort(key=lambda i: (requests[i].kind, _prompt_chars(requests[i].messages)))
+        chunks = [todo[s : s + self.config.batch_size] for s in range(0, len(todo), self.config.batch_size)]
+        chunks = [[i for i in c if requests[i].kind == kind] for c in chunks for kind in dict.fromkeys(
+            requests[i].kind for i in c)]
+        for chunk in chunks:
             judged = self._judge_chunk([requests[i] for i in chunk])
             for i, judgment in zip(chunk, judged):
                 results[i] = judgment
@@ -358,15 +339,16 @@ class Judge:
         return results  # type: ignore[return-value]
 
     # -- internals ----------------------------------------------------------------------------------
-    def _params(self) -> SamplingParams:
+    def _params(self, kind: Kind) -> SamplingParams:
         c = self.config
-        return SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, seed=c.seed)
+        return SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, seed=c.seed,
+                              format=verdict_format(kind, c.rationale_tokens))
 
     def _generate(self, requests: Sequence[JudgeRequest]) -> list[str | EngineError]:
-        """Texts in order; a request the engine rejects (e.g. too long) becomes its error, alone."""
+        """Texts in order (all of one kind); a request the engine rejects (e.g. too long) becomes its error."""
         try:
             self.stats.generate_calls += 1
-            out = self.engine.generate([list(r.messages) for r in requests], self._params())
+            out = self.engine.generate([list(r.messages) for r in requests], self._params(requests[0].kind))
             self.stats.generated += len(out)
             return [c[0].text for c in out]
         except EngineError:
@@ -397,8 +379,9 @@ class Judge:
         return judgments
 
     def _read(self, request: JudgeRequest, text: str) -> Judgment:
+        fmt = verdict_format(request.kind, self.config.rationale_tokens)
         try:
-            parsed = parse_verdict(text, request.kind)
+            parsed = parse_verdict(text, request.kind, strict=self.engine.enforces(fmt) and self.engine.exact_formats)
             rationale, json_verdict, json_error = parsed.rationale, parsed.verdict, None
         except VerdictParseError as exc:
             rationale, json_verdict, json_error = _fallback_rationale(text), None, str(exc)

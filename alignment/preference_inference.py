@@ -2,18 +2,25 @@
 description. Streaming by construction: every call sees at most ``max_previous_statements`` of d_prev and
 ``max_signals_per_call`` new signals, so the prompt never grows with the length of the history.
 
-Output that breaks the format is parsed leniently where that is sound (R_format stays 0), retried with
-other seeds up to ``max_retries`` times when nothing usable came out, and then reported as failed.
+The output format is declared once (alignment/formats: ``preference_inference``) and enforced by constrained
+decoding where the engine can; an unconstrained model's output is read by the declaration's relaxed reader
+(R_format 0), retried with other seeds up to ``max_retries`` times when unreadable, then reported as failed.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from alignment.engines.base import Completion, Engine, EngineError, PromptTooLongError, SamplingParams
+from alignment.formats import (
+    FormatParseError,
+    InferredDescription,
+    OutputFormat,
+    StatementLine,
+    preference_inference,
+)
 from alignment.preferences import (
     DIMENSIONS,
     PreferenceDescription,
@@ -26,29 +33,12 @@ from alignment.prompts import render
 from alignment.prompts.preference import INFER_PROMPT, UPDATE_PROMPT, format_previous, format_signals
 from alignment.signals import Signal
 
-# -- parsing ---------------------------------------------------------------------------------------
-
-_STRICT = re.compile(r"^\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*$", re.S | re.I)
-_STANCES = {
-    "prefers": "prefers", "prefer": "prefers", "likes": "prefers", "like": "prefers", "loves": "prefers",
-    "enjoys": "prefers", "wants": "prefers", "values": "prefers", "positive": "prefers", "+": "prefers",
-    "avoids": "avoids", "avoid": "avoids", "dislikes": "avoids", "dislike": "avoids", "hates": "avoids",
-    "rejects": "avoids", "negative": "avoids", "-": "avoids", "doesn't like": "avoids", "does not like": "avoids",
-    "preferred": "prefers", "liked": "prefers", "loved": "prefers", "enjoyed": "prefers", "chose": "prefers",
-    "avoided": "avoids", "disliked": "avoids", "hated": "avoids", "rejected": "avoids",
-}
-_STANCE_WORDS = sorted((w for w in _STANCES if w.isalpha() or " " in w or "'" in w), key=len, reverse=True)
-_FREE_LINE = re.compile(r"^(?P<stance>" + "|".join(re.escape(w) for w in _STANCE_WORDS) + r")\b\s*[:\-–]?\s*(?P<rest>.+)$", re.I)
-_BULLET = re.compile(r"^\s*(?:[-*•]+|\d+[.)]|\(\d+\))\s*")
-_CONFIDENCE = re.compile(r"(?:confidence|conf\.?)\s*[:=]?\s*(\d+(?:\.\d+)?|\.\d+)\s*(%?)", re.I)
-_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(%?)\s*$")
-_EVIDENCE = re.compile(r"\be(\d+)\b", re.I)
-_PLACEHOLDERS = {"what the user prefers", "what the user avoids", "dimension", "...", "…", ""}
+# -- reading ---------------------------------------------------------------------------------------
 
 
 @dataclass
 class ParsedInference:
-    """What a raw generation contained. ``r_format`` is 1.0 only for the strict paper format."""
+    """What one generation contained. ``r_format`` is 1.0 only for the paper's format exactly as declared."""
 
     reasoning: str
     statements: list[PreferenceStatement]
@@ -56,109 +46,36 @@ class ParsedInference:
     problems: list[str] = field(default_factory=list)
 
 
-def _confidence(value: str, percent: str) -> float | None:
-    number = float(value)
-    if percent or number > 1.0:
-        number = number / 100.0 if number <= 100.0 else None  # type: ignore[assignment]
-    return None if number is None else max(0.0, min(1.0, number))
+def inference_format(config: InferenceConfig) -> OutputFormat:
+    """The declared ``<think> r </think> <answer> d </answer>`` format at this config's bounds."""
+    return preference_inference(tuple(config.dimensions), config.max_statements, config.think_tokens,
+                                config.statement_tokens)
 
 
-def parse_statement_line(line: str, signal_ids: Sequence[str] = (), when: str | None = None) -> PreferenceStatement | None:
-    """One statement from a line like ``- prefers | style | concise answers | confidence 0.7``.
-
-    Also reads the looser forms a small model writes ("Prefers: concise answers", "avoids | cats").
-    Evidence cited as ``e2`` maps to the second signal of the call; none cited means all of them.
-    """
-    text = _BULLET.sub("", line.strip()).strip().strip("*").strip()
-    if not text or text.startswith("<"):
-        return None
-    parts = [p.strip().strip("*").strip() for p in text.split("|")]
-    stance = _STANCES.get(parts[0].lower()) if len(parts) >= 2 else None
-    dimension, confidence, evidence, subject = "general", None, [], ""
-    if stance:
-        rest = parts[1:]
-        if len(rest) >= 2 and not _CONFIDENCE.search(rest[1]) and not _NUMBER.match(rest[1]):
-            dimension, subject, extra = rest[0], rest[1], rest[2:]
-        else:
-            subject, extra = rest[0], rest[1:]
-        for part in extra:
-            match = _CONFIDENCE.search(part) or _NUMBER.match(part)
-            if match and confidence is None:
-                confidence = _confidence(match.group(1), match.group(2))
-            evidence += [m for m in _EVIDENCE.findall(part)]
-    else:
-        match = _FREE_LINE.match(text)
-        if not match:
-            return None
-        stance = _STANCES[match.group("stance").lower()]
-        subject = match.group("rest")
-        found = _CONFIDENCE.search(subject)
-        if found:
-            confidence = _confidence(found.group(1), found.group(2))
-            subject = subject[: found.start()]
-        subject = re.sub(r"[\s(,;|]+$", "", subject)
-    subject = subject.strip().strip('"').rstrip(".").strip()
-    if subject.lower() in _PLACEHOLDERS or len(subject) > 200 or len(dimension) > 40:
-        return None
-    cited = [signal_ids[int(k) - 1] for k in evidence if 0 < int(k) <= len(signal_ids)]
+def to_statements(lines: Sequence[StatementLine], signal_ids: Sequence[str], when: str | None = None
+                  ) -> list[PreferenceStatement]:
+    """Typed statements from the format's lines; evidence is the call's signals (each line rests on them)."""
     created = when or now_iso()
-    return PreferenceStatement.make(
-        stance,  # type: ignore[arg-type]
-        subject,
-        dimension=dimension,
-        evidence=cited or list(signal_ids),
-        confidence=0.5 if confidence is None else confidence,
-        origin="inferred",
-        created=created,
-    )
+    out: dict[str, PreferenceStatement] = {}
+    for line in lines:
+        statement = PreferenceStatement.make(line.stance, line.subject, dimension=line.dimension,  # type: ignore[arg-type]
+                                             evidence=list(signal_ids), confidence=line.confidence,
+                                             origin="inferred", created=created)
+        out.setdefault(statement.id, statement)
+    return list(out.values())
 
 
-def _statements(block: str, signal_ids: Sequence[str], when: str | None) -> list[PreferenceStatement]:
-    out: list[PreferenceStatement] = []
-    seen: set[str] = set()
-    for line in block.splitlines():
-        statement = parse_statement_line(line, signal_ids, when)
-        if statement is not None and statement.id not in seen:
-            seen.add(statement.id)
-            out.append(statement)
-    return out
-
-
-def parse_inference_output(text: str, signal_ids: Sequence[str] = (), when: str | None = None) -> ParsedInference:
-    """Read ``<think> r </think> <answer> d </answer>``; strict first, then leniently where sound.
-
-    Lenient reading takes the reasoning and answer from unclosed or missing tags and statement lines
-    from wherever they are; such a result has R_format = 0 and names what was wrong in ``problems``.
-    """
-    strict = _STRICT.match(text)
-    if strict and strict.group("think").strip():
-        statements = _statements(strict.group("answer"), signal_ids, when)
-        if statements:
-            return ParsedInference(strict.group("think").strip(), statements, 1.0)
-        return ParsedInference(strict.group("think").strip(), [], 0.0, ["no statement line in <answer>"])
-    problems = []
-    lower = text.lower()
-    think_start, think_end = lower.find("<think>"), lower.find("</think>")
-    answer_start, answer_end = lower.find("<answer>"), lower.find("</answer>")
-    if think_start == -1 or think_end == -1:
-        problems.append("missing <think>…</think>")
-    if answer_start == -1 or answer_end == -1:
-        problems.append("missing <answer>…</answer>")
-    reasoning = ""
-    if think_start != -1:
-        stop = think_end if think_end > think_start else (answer_start if answer_start > think_start else len(text))
-        reasoning = text[think_start + 7: stop].strip()
-    if answer_start != -1:
-        stop = answer_end if answer_end > answer_start else len(text)
-        answer = text[answer_start + 8: stop]
-    elif think_end != -1:
-        answer = text[think_end + 8:]
-    else:
-        answer = text
-    statements = _statements(answer, signal_ids, when) or _statements(text, signal_ids, when)
-    if not statements:
-        problems.append("no preference statement could be read")
-    return ParsedInference(reasoning, statements, 0.0, problems)
+def read_inference(fmt: OutputFormat, text: str, signal_ids: Sequence[str] = (), *, lenient: bool = False,
+                   when: str | None = None) -> ParsedInference:
+    """Strict reading (R_format 1) of one output; with ``lenient`` (an unconstrained model) the declaration's
+    relaxed reader may accept it with R_format 0. Nothing readable: no statements and the reason why."""
+    try:
+        reading = fmt.read(text, lenient=lenient)
+    except FormatParseError as exc:
+        return ParsedInference("", [], 0.0, [exc.problem])
+    value: InferredDescription = reading.value
+    return ParsedInference(value.reasoning, to_statements(value.statements, signal_ids, when),
+                           0.0 if reading.repaired else 1.0, ["repaired"] if reading.repaired else [])
 
 
 # -- inference -------------------------------------------------------------------------------------
@@ -169,11 +86,16 @@ class InferenceConfig:
 
     Bounds that keep streaming cheap: ``max_previous_statements`` (d_prev in the prompt),
     ``max_signals_per_call`` (more new signals are folded in chunks), ``max_signal_chars``.
+    The output format's bounds: ``think_tokens`` of reasoning, at most ``max_statements`` lines of at most
+    ``statement_tokens`` each (the generation budget is at least the format's longest output).
     Robustness: ``max_retries`` extra samples (other seeds) when nothing usable came back;
-    ``accept_lenient`` keeps statements read from a broken format (R_format = 0).
+    ``accept_lenient`` keeps statements an unconstrained model wrote in a relaxed form (R_format = 0).
     """
 
-    max_new_tokens: int = 384
+    max_new_tokens: int = 64
+    think_tokens: int = 96
+    max_statements: int = 5
+    statement_tokens: int = 20
     temperature: float = 0.9  # the paper's sampling: T = 0.9, top-p 0.95
     top_p: float = 0.95
     seed: int = 0
@@ -211,6 +133,7 @@ class PreferenceInferrer:
     def __init__(self, engine: Engine, config: InferenceConfig | None = None) -> None:
         self.engine = engine
         self.config = config or InferenceConfig()
+        self.format = inference_format(self.config)
 
     def prompt(self, signals: Sequence[Signal], previous: PreferenceDescription | None) -> list:
         """The chat messages for one call: INFER without d_prev, UPDATE with the capped d_prev."""
@@ -270,14 +193,20 @@ class PreferenceInferrer:
         cfg = self.config
         conversation = self._fit(list(signals), previous or PreferenceDescription())
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                seed=cfg.seed)
+                                seed=cfg.seed, format=self.format)
         completion = self.engine.generate([conversation], params)[0][0]
-        return completion, parse_inference_output(completion.text, [s.id for s in signals])
+        return completion, self.read(completion.text, [s.id for s in signals])
+
+    def read(self, text: str, signal_ids: Sequence[str]) -> ParsedInference:
+        """One output of this inferrer's engine, read strictly if its decoding was constrained, else leniently."""
+        lenient = not (self.engine.enforces(self.format) and self.engine.exact_formats)
+        return read_inference(self.format, text, signal_ids, lenient=lenient)
 
     def _fit(self, signals: list[Signal], previous: PreferenceDescription) -> list:
         conversation = self.prompt(signals, previous)
         window = self.engine.context_window
-        if window is not None and self.engine.count_tokens(conversation) + self.config.max_new_tokens > window:
+        budget = max(self.config.max_new_tokens, self.format.max_tokens)
+        if window is not None and self.engine.count_tokens(conversation) + budget > window:
             raise PromptTooLongError(
                 f"{len(signals)} signals do not fit the preference model's context of {window} tokens: "
                 "lower max_signals_per_call or max_signal_chars")
@@ -306,7 +235,7 @@ class PreferenceInferrer:
         best: ParsedInference | None = None
         for attempt in range(cfg.max_retries + 1):
             params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, seed=cfg.seed + attempt)
+                                    top_p=cfg.top_p, seed=cfg.seed + attempt, format=self.format)
             try:
                 completion = self.engine.generate([conversation], params)[0][0]
             except PromptTooLongError:
@@ -321,13 +250,13 @@ class PreferenceInferrer:
             result.completion_tokens += completion.completion_tokens
             result.raw = completion.text
             result.raws.append(completion.text)
-            parsed = parse_inference_output(completion.text, ids)
-            if parsed.r_format == 1.0:
+            parsed = self.read(completion.text, ids)
+            if parsed.r_format == 1.0 and parsed.statements:
                 return parsed, None
             if parsed.statements and cfg.accept_lenient and best is None:
                 best = parsed
                 break
-            problems.append(f"attempt {attempt + 1}: " + ", ".join(parsed.problems))
+            problems.append(f"attempt {attempt + 1}: " + ", ".join(parsed.problems or ["no statement"]))
         if best is not None:
             return best, None
         return None, "model output broke the format: " + "; ".join(problems)

@@ -62,3 +62,21 @@ def shared_dir() -> Path:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def unconstrained():
+    """``with unconstrained(engine):`` decodes freely (the role setting ``constrained = false``), as training
+    rollouts and R_format measurements do; the engine is constrained again afterwards."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def free(engine):
+        before = engine.constrained
+        engine.constrained = False
+        try:
+            yield engine
+        finally:
+            engine.constrained = before
+
+    return free

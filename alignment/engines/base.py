@@ -7,11 +7,18 @@ preferences, steps or rewards; those live in the modules that call it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TypedDict
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, TypedDict
 
 from alignment.errors import CdraError
+
+if TYPE_CHECKING:
+    from alignment.formats.base import OutputFormat
+
+log = logging.getLogger(__name__)
 
 
 class Message(TypedDict):
@@ -36,7 +43,11 @@ class EmptyPromptError(EngineError):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to decode. ``temperature == 0`` means greedy."""
+    """How to decode. ``temperature == 0`` means greedy.
+
+    ``format`` declares the output (alignment/formats): engines that enforce formats constrain decoding to its
+    grammar; the others generate freely and their output is validated (``Completion.format_error``).
+    """
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -44,10 +55,21 @@ class SamplingParams:
     n: int = 1
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    format: OutputFormat | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def budget(self) -> int:
+        """New tokens allowed: at least the format's longest output, so a constrained output always finishes."""
+        if self.format is None:
+            return self.max_new_tokens
+        return max(self.max_new_tokens, self.format.max_tokens)
+
+    def but(self, **changes) -> SamplingParams:
+        return replace(self, **changes)
 
 
 @dataclass
@@ -57,6 +79,12 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     token_ids: list[int] | None = None
+    #: set when ``SamplingParams.format`` was asked for and the text is not in it (even leniently)
+    format_error: str | None = None
+    #: the text was in the format only for the relaxed reader (an unconstrained endpoint's output)
+    format_repaired: bool = False
+    #: the format's typed reading of ``text`` (``None`` without a format, or when ``format_error`` is set)
+    parsed: object = None
 
 
 @dataclass
@@ -84,6 +112,35 @@ class Engine(abc.ABC):
     version: str = "unknown"
     #: max prompt + completion tokens; ``None`` when unknown (endpoints)
     context_window: int | None = None
+    #: the role's ``constrained`` setting: enforce ``SamplingParams.format`` while decoding where possible
+    constrained: bool = True
+    #: bounded re-generations of an output that is not in its format (engines that cannot enforce formats)
+    format_retries: int = 2
+
+    def can_enforce(self, fmt: OutputFormat) -> bool:
+        """Whether this backend can constrain decoding to ``fmt`` (local engines: always)."""
+        return False
+
+    def enforces(self, fmt: OutputFormat | None) -> bool:
+        """Whether outputs in ``fmt`` come out constrained (grammar or endpoint-side structured outputs)."""
+        return fmt is not None and self.constrained and self.can_enforce(fmt)
+
+    #: whether an enforced format comes out byte for byte as the grammar writes it (our own decoding loops);
+    #: endpoints enforcing a JSON schema may space their JSON differently
+    exact_formats: bool = True
+
+    def read_format(self, fmt: OutputFormat, text: str):
+        """``fmt``'s reading of an output of this engine: strict where decoding was constrained by our own
+        grammar, lenient (and marked ``repaired``) otherwise. Raises ``FormatParseError``."""
+        return fmt.read(text, lenient=not (self.enforces(fmt) and self.exact_formats))
+
+    @property
+    def format_stats(self) -> Counter:
+        """Counts of format checks: checked, repaired, retried, failed (see ``check_formats``)."""
+        stats = self.__dict__.get("_format_stats")
+        if stats is None:
+            stats = self.__dict__["_format_stats"] = Counter()
+        return stats
 
     @abc.abstractmethod
     def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[Completion]]:
@@ -128,3 +185,47 @@ def check_conversation(conversation: Conversation) -> None:
     for m in conversation:
         if m.get("role") not in ("system", "user", "assistant"):
             raise EngineError(f"unknown message role {m.get('role')!r}: use system, user or assistant")
+
+
+def check_formats(
+    engine: Engine,
+    completions: list[list[Completion]],
+    params: SamplingParams,
+    regenerate: Callable[[int, int, int], Completion] | None = None,
+) -> list[list[Completion]]:
+    """Validate outputs against ``params.format`` (strictly when the engine enforced it, else leniently).
+
+    ``regenerate(prompt_index, sample_index, attempt)`` re-draws one output that is not in its format, at most
+    ``engine.format_retries`` times (engines that cannot enforce formats). What stays broken keeps its
+    ``format_error`` for the caller; every check, repair, retry and failure is counted in ``engine.format_stats``.
+    """
+    fmt = params.format
+    if fmt is None:
+        return completions
+    from alignment.formats.base import FormatParseError
+
+    stats = engine.format_stats
+    for i, samples in enumerate(completions):
+        for j, completion in enumerate(samples):
+            attempt = 0
+            while True:
+                stats["checked"] += 1
+                try:
+                    reading = engine.read_format(fmt, completion.text)
+                    completion.format_error, completion.format_repaired = None, reading.repaired
+                    completion.parsed = reading.value
+                    stats["repaired"] += int(reading.repaired)
+                    break
+                except FormatParseError as exc:
+                    completion.format_error = exc.problem
+                if regenerate is None or attempt >= engine.format_retries:
+                    stats["failed"] += 1
+                    # a local model decoding freely on purpose (R_format measurements) fails quietly
+                    level = logging.WARNING if regenerate is not None or engine.enforces(fmt) else logging.DEBUG
+                    log.log(level, "%s: output not in the %s format after %d retries: %s", engine.description,
+                            fmt.name, attempt, completion.format_error)
+                    break
+                attempt += 1
+                stats["retried"] += 1
+                completion = samples[j] = regenerate(i, j, attempt)
+    return completions

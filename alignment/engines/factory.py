@@ -17,7 +17,8 @@ _cache_lock = threading.Lock()
 
 
 def _key(spec: ModelSpec, models_dir: Path) -> tuple:
-    return (spec.backend, spec.path, spec.adapter, spec.base_url, spec.model, spec.dtype, spec.device, str(models_dir))
+    return (spec.backend, spec.path, spec.adapter, spec.base_url, spec.model, spec.dtype, spec.device,
+            spec.constrained, spec.structured_outputs, str(models_dir))
 
 
 def build_engine(spec: ModelSpec, models_dir: Path, version: str | None = None, cache: bool = True) -> Engine:
@@ -27,6 +28,8 @@ def build_engine(spec: ModelSpec, models_dir: Path, version: str | None = None, 
         if cache and key in _cache:
             return _cache[key]
         engine = _load(spec, Path(models_dir), version)
+        engine.constrained = spec.constrained
+        engine.format_retries = spec.format_retries
         if cache:
             _cache[key] = engine
         return engine

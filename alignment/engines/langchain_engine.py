@@ -24,6 +24,7 @@ from alignment.engines.base import (
     SamplingParams,
     Scored,
     check_conversation,
+    check_formats,
 )
 
 _TO_LC = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
@@ -86,6 +87,7 @@ class EngineChatModel(BaseChatModel):
             n=int(kwargs.get("n", 1)),
             seed=kwargs.get("seed", self.seed),
             stop=tuple(stop or ()),
+            format=kwargs.get("format"),
         )
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -130,12 +132,55 @@ class LangChainEngine(Engine):
         self.description = f"langchain:{type(chat_model).__name__}({name})"
         self.version = version or f"langchain:{name}"
 
+    # -- declared formats: an EngineChatModel underneath enforces them itself; other chat models get
+    # ``with_structured_output`` for JSON outputs where they implement it; everything is validated.
+    exact_formats = False
+
+    def _inner(self) -> Engine | None:
+        inner = getattr(self.chat_model, "engine", None)
+        return inner if isinstance(inner, Engine) else None
+
+    def can_enforce(self, fmt) -> bool:
+        inner = self._inner()
+        if inner is not None:
+            return inner.enforces(fmt)
+        return fmt.json_schema is not None and type(self.chat_model).with_structured_output is not BaseChatModel.with_structured_output
+
+    def _structured(self, params: SamplingParams, seed: int | None):
+        """A runnable returning the JSON text of a structured output, for chat models that implement it."""
+        import json
+
+        from langchain_core.runnables import RunnableLambda
+
+        schema = {"title": params.format.name, **params.format.json_schema}
+        model = self.chat_model.with_structured_output(schema, method="json_schema")
+        bound = model if not self.pass_sampling else self._bind_sampling(self.chat_model, params, seed).with_structured_output(
+            schema, method="json_schema")
+        keys = list(params.format.json_schema["properties"])
+
+        def to_text(obj: Any) -> AIMessage:
+            obj = obj if isinstance(obj, dict) else getattr(obj, "model_dump", dict)()
+            ordered = {k: obj[k] for k in keys if k in obj}
+            return AIMessage(content=json.dumps(ordered, ensure_ascii=False))
+
+        return bound | RunnableLambda(to_text)
+
+    def _bind_sampling(self, model, params: SamplingParams, seed: int | None):
+        kwargs: dict[str, Any] = {"max_tokens": params.budget, "temperature": params.temperature, "top_p": params.top_p}
+        if seed is not None:
+            kwargs["seed"] = seed
+        return model.bind(**kwargs)
+
     def _runnable(self, params: SamplingParams, seed: int | None = None):
+        if params.format is not None and self._inner() is None and self.enforces(params.format):
+            return self._structured(params, seed)
         kwargs: dict[str, Any] = {}
+        if params.format is not None and self._inner() is not None:
+            kwargs["format"] = params.format
         if params.stop:
             kwargs["stop"] = list(params.stop)
         if self.pass_sampling:
-            kwargs.update(max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p)
+            kwargs.update(max_tokens=params.budget, temperature=params.temperature, top_p=params.top_p)
             if seed is not None:
                 kwargs["seed"] = seed
         return self.chat_model.bind(**kwargs) if kwargs else self.chat_model
@@ -156,7 +201,15 @@ class LangChainEngine(Engine):
                 raise EngineError(f"{self.description} failed: {' '.join(str(exc).split())[:300]}") from exc
             for i, m in enumerate(messages):
                 results[i].append(_completion(m))
-        return results
+
+        def again(i: int, j: int, attempt: int) -> Completion:
+            seed = None if params.seed is None else params.seed + 1000 * attempt + j
+            try:
+                return _completion(self._runnable(params, seed).invoke(inputs[i]))
+            except Exception as exc:
+                raise EngineError(f"{self.description} failed: {' '.join(str(exc).split())[:300]}") from exc
+
+        return check_formats(self, results, params, regenerate=again)
 
     def stream(self, conversation: Conversation, params: SamplingParams) -> Iterator[str]:
         check_conversation(conversation)

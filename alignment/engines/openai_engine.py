@@ -25,6 +25,7 @@ from alignment.engines.base import (
     SamplingParams,
     Scored,
     check_conversation,
+    check_formats,
 )
 from alignment.engines.spec import ModelSpec
 
@@ -108,13 +109,30 @@ class OpenAIEngine(Engine):
         with ThreadPoolExecutor(max_workers=min(self.spec.max_concurrency, len(items))) as pool:
             return list(pool.map(fn, items))
 
+    # -- declared formats: the endpoint enforces what it can; everything is validated (engines/base.check_formats)
+    exact_formats = False
+
+    def can_enforce(self, fmt) -> bool:
+        mode = self.spec.structured_outputs
+        return mode == "vllm" or (mode == "json_schema" and fmt.json_schema is not None)
+
+    def _format_request(self, fmt) -> dict[str, Any]:
+        if not self.enforces(fmt):
+            return {}
+        if self.spec.structured_outputs == "vllm":
+            return {"extra_body": {"structured_outputs": {"grammar": fmt.lark}}}
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": fmt.name, "schema": fmt.json_schema, "strict": True}}}
+
     def _sampling(self, params: SamplingParams) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_tokens": params.max_new_tokens, "temperature": max(0.0, params.temperature),
+        kwargs: dict[str, Any] = {"max_tokens": params.budget, "temperature": max(0.0, params.temperature),
                                   "top_p": params.top_p}
         if params.seed is not None:
             kwargs["seed"] = params.seed
         if params.stop:
             kwargs["stop"] = list(params.stop)
+        if params.format is not None:
+            kwargs.update(self._format_request(params.format))
         return kwargs
 
     # -- generation ------------------------------------------------------------------------------
@@ -122,7 +140,14 @@ class OpenAIEngine(Engine):
         for c in conversations:
             check_conversation(c)
         model = self.model
-        return self._map(lambda conv: self._chat(model, conv, params), list(conversations))
+        convs = list(conversations)
+        results = self._map(lambda conv: self._chat(model, conv, params), convs)
+
+        def again(i: int, j: int, attempt: int) -> Completion:
+            seed = None if params.seed is None else params.seed + 1000 * attempt + j
+            return self._chat(model, convs[i], params.but(n=1, seed=seed))[0]
+
+        return check_formats(self, results, params, regenerate=again)
 
     def _chat(self, model: str, conversation: Conversation, params: SamplingParams) -> list[Completion]:
         out: list[Completion] = []

@@ -31,3 +31,11 @@ class ModelSpec(BaseModel):
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    #: constrain decoding to each output's declared format (alignment/formats) where the backend can; off only to
+    #: measure a model's own format (AlignXplore's R_format, unconstrained RL rollouts)
+    constrained: bool = True
+    #: what an OpenAI-compatible endpoint is asked for: ``json_schema`` (``response_format`` for JSON outputs;
+    #: hosted APIs), ``vllm`` (``structured_outputs.grammar`` for every output; vLLM's server), ``none``
+    structured_outputs: Literal["json_schema", "vllm", "none"] = "json_schema"
+    #: re-generations of an endpoint output that is not in its format, before the failure is reported
+    format_retries: int = Field(2, ge=0, le=10)

@@ -22,6 +22,7 @@ from alignment.engines.base import (
     SamplingParams,
     Scored,
     check_conversation,
+    check_formats,
     split_assistant_prefix,
 )
 from alignment.engines.tokens import TokenLogprob
@@ -74,6 +75,22 @@ class TransformersEngine(Engine):
         self.description = f"transformers:{model_dir}" + (f" + adapter {adapter}" if adapter else "")
         self.version = version or hashlib.sha1(self.description.encode()).hexdigest()[:10]
         self._lock = threading.Lock()
+        self._bridge = None
+
+    # -- constrained decoding (alignment/formats) -------------------------------------------------------
+    def can_enforce(self, fmt) -> bool:
+        return True
+
+    def _grammar(self, params: SamplingParams, rows: int) -> dict:
+        """The logits processor that keeps ``rows`` sequences in ``params.format``, when it is enforced."""
+        if not self.enforces(params.format):
+            return {}
+        from alignment.formats.constrain import HFGrammarProcessor, TokenizerBridge
+
+        if self._bridge is None:
+            width = self.model.get_output_embeddings().weight.shape[0]
+            self._bridge = TokenizerBridge.from_hf(self.tokenizer, width)
+        return {"logits_processor": [HFGrammarProcessor(self._bridge, params.format, rows)]}
 
     # -- prompts ---------------------------------------------------------------------------------
     def prompt_ids(self, conversation: Conversation) -> list[int]:
@@ -97,7 +114,7 @@ class TransformersEngine(Engine):
     # -- generation ------------------------------------------------------------------------------
     def _generate_kwargs(self, params: SamplingParams) -> dict:
         kwargs: dict = {
-            "max_new_tokens": params.max_new_tokens,
+            "max_new_tokens": params.budget,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
         }
@@ -105,25 +122,13 @@ class TransformersEngine(Engine):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-        if params.stop:
+        if params.stop and not self.enforces(params.format):
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         return kwargs
 
     def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[Completion]]:
-        import torch
-
         prompts = [self.prompt_ids(c) for c in conversations]
-        for p in prompts:
-            self._check_fits(len(p), params.max_new_tokens)
-        results: list[list[Completion]] = []
-        rows_per_batch = max(1, self.batch_size // max(1, params.n))
-        with self._lock, torch.inference_mode():
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            for start in range(0, len(prompts), rows_per_batch):
-                chunk = prompts[start : start + rows_per_batch]
-                results.extend(self._generate_chunk(chunk, params))
-        return results
+        return self.complete_ids(prompts, params)
 
     def _left_pad(self, prompts: list[list[int]]):
         import torch
@@ -141,6 +146,7 @@ class TransformersEngine(Engine):
             attention_mask=attention,
             num_return_sequences=params.n,
             **self._generate_kwargs(params),
+            **self._grammar(params, len(prompts) * params.n),
         )
         new_tokens = out[:, input_ids.shape[1] :].tolist()
         chunk: list[list[Completion]] = []
@@ -164,7 +170,7 @@ class TransformersEngine(Engine):
                 continue
             ids.append(tok)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        for stop in params.stop:
+        for stop in params.stop if not self.enforces(params.format) else ():
             cut = text.find(stop)
             if cut != -1:
                 text, finish = text[:cut], "stop"
@@ -175,10 +181,10 @@ class TransformersEngine(Engine):
         from transformers import TextIteratorStreamer
 
         prompt = self.prompt_ids(conversation)
-        self._check_fits(len(prompt), params.max_new_tokens)
+        self._check_fits(len(prompt), params.budget)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
         input_ids, attention = self._left_pad([prompt])
-        kwargs = self._generate_kwargs(SamplingParams(**{**params.__dict__, "n": 1}))
+        kwargs = {**self._generate_kwargs(params.but(n=1)), **self._grammar(params, 1)}
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -194,9 +200,10 @@ class TransformersEngine(Engine):
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         emitted = ""
+        stops = params.stop if not self.enforces(params.format) else ()
         for delta in streamer:
             emitted += delta
-            stop_at = min((emitted.find(s) for s in params.stop if s in emitted), default=-1)
+            stop_at = min((emitted.find(s) for s in stops if s in emitted), default=-1)
             if stop_at != -1:
                 yield delta[: max(0, len(delta) - (len(emitted) - stop_at))]
                 break
@@ -255,7 +262,7 @@ class TransformersEngine(Engine):
         for p in rows:
             if not p:
                 raise EmptyPromptError("the prompt is empty: send some text")
-            self._check_fits(len(p), params.max_new_tokens)
+            self._check_fits(len(p), params.budget)
         results: list[list[Completion]] = []
         rows_per_batch = max(1, self.batch_size // max(1, params.n))
         with self._lock, torch.inference_mode():
@@ -263,7 +270,7 @@ class TransformersEngine(Engine):
                 torch.manual_seed(params.seed)
             for start in range(0, len(rows), rows_per_batch):
                 results.extend(self._generate_chunk(rows[start : start + rows_per_batch], params))
-        return results
+        return check_formats(self, results, params)
 
     def sequence_logprobs(
         self, rows: Sequence[Sequence[int]], top_k: int = 0, next_token: bool = False

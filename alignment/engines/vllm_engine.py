@@ -2,7 +2,8 @@
 
 Prompts are built with the model's own chat template (the tokenizer's), so generation and scoring see
 exactly the token ids the transformers engine would; vLLM is imported only when this engine is built.
-Written against vLLM >= 0.10 (``LLM.generate`` with token prompts, ``SamplingParams``, ``LoRARequest``).
+Written against vLLM >= 0.12 (``LLM.generate`` with token prompts, ``SamplingParams``, ``LoRARequest``, and
+``StructuredOutputsParams(grammar=…)`` on the llguidance ("guidance") backend for declared output formats).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from alignment.engines.base import (
     SamplingParams,
     Scored,
     check_conversation,
+    check_formats,
     split_assistant_prefix,
 )
 from alignment.engines.spec import ModelSpec
@@ -60,6 +62,8 @@ class VLLMEngine(Engine):
             "dtype": "auto" if spec.dtype == "auto" else spec.dtype,
             "gpu_memory_utilization": spec.gpu_memory_utilization,
             "seed": 0,
+            # llguidance reads our formats' Lark grammars (with their [max_tokens=N] bounds) as they are
+            "structured_outputs_config": {"backend": "guidance"},
         }
         if spec.adapter:
             kwargs.update(enable_lora=True, max_lora_rank=_MAX_LORA_RANK, max_loras=1)
@@ -106,14 +110,21 @@ class VLLMEngine(Engine):
             )
 
     # -- generation ------------------------------------------------------------------------------
+    def can_enforce(self, fmt) -> bool:
+        return True
+
     def _sampling(self, params: SamplingParams, **extra):
+        if self.enforces(params.format):
+            from vllm.sampling_params import StructuredOutputsParams
+
+            extra["structured_outputs"] = StructuredOutputsParams(grammar=params.format.lark)
         return self._vllm.SamplingParams(
             n=params.n,
             temperature=max(0.0, params.temperature),
             top_p=params.top_p if not params.greedy else 1.0,
-            max_tokens=params.max_new_tokens,
+            max_tokens=params.budget,
             seed=params.seed,
-            stop=list(params.stop) or None,
+            stop=(list(params.stop) or None) if not self.enforces(params.format) else None,
             **extra,
         )
 
@@ -130,7 +141,7 @@ class VLLMEngine(Engine):
         for r in rows:
             if not r:
                 raise EmptyPromptError("the prompt is empty: send some text")
-            self._check_fits(len(r), params.max_new_tokens)
+            self._check_fits(len(r), params.budget)
         outputs = self._run(rows, self._sampling(params))
         results = []
         for row, out in zip(rows, outputs):
@@ -144,7 +155,7 @@ class VLLMEngine(Engine):
                 )
                 for o in out.outputs
             ])
-        return results
+        return check_formats(self, results, params)
 
     # -- scoring ---------------------------------------------------------------------------------
     def score(self, conversations: Sequence[Conversation], continuations: Sequence[str]) -> list[Scored]:

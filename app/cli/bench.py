@@ -9,9 +9,9 @@ bench_app = typer.Typer(help="Speed and memory benchmarks, printed as tables wit
 
 
 def register(app: typer.Typer) -> None:
-    from app.cli import chat, data, eval as eval_cmd, models, prefs, serve, train, train_bench
+    from app.cli import chat, data, eval as eval_cmd, formats, models, prefs, serve, train, train_bench
 
-    for module in (serve, models, chat, prefs, data, train, eval_cmd, train_bench):
+    for module in (serve, models, chat, prefs, data, train, eval_cmd, train_bench, formats):
         hook = getattr(module, "register_bench", None)
         if hook is not None:
             hook(bench_app)

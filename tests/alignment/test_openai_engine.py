@@ -182,3 +182,25 @@ def test_option_logprobs_pools_spellings_and_bounds_missing_options():
     assert a == pytest.approx(-0.5 + math.log1p(math.exp(-1.0)))
     assert b == -2.0 and c == -3.0  # "Yes please" falls back to its listed prefix "Yes"
     assert missing == -3.0  # not listed: bounded above by the smallest listed log-prob
+
+
+def test_an_endpoint_that_ignores_the_format_is_validated_retried_and_counted(server):
+    """`cdra serve` does not enforce response_format: the engine validates every reply, re-draws a broken one
+    at most ``format_retries`` times, and hands the caller the failure (and the counts)."""
+    from alignment.formats import verdict
+
+    engine = OpenAIEngine(ModelSpec(backend="openai", base_url=server, model="cdra-policy", timeout_s=120,
+                                    format_retries=1))
+    fmt = verdict("yesno", 12)
+    assert engine.enforces(fmt) and not engine.exact_formats  # asked for a JSON schema, so read it leniently
+    out = engine.generate([JUDGE], SamplingParams(max_new_tokens=24, temperature=0.9, seed=4, format=fmt))[0][0]
+    stats = engine.format_stats
+    assert stats["checked"] >= 1
+    if out.format_error is None:  # the free 135M happened to write valid JSON
+        assert out.parsed.rationale and stats["failed"] == 0
+    else:
+        assert out.parsed is None and stats["retried"] == 1 and stats["failed"] == 1 and stats["checked"] == 2
+    plain = OpenAIEngine(ModelSpec(backend="openai", base_url=server, model="cdra-policy", structured_outputs="none"))
+    assert not plain.enforces(fmt)
+    engine.close()
+    plain.close()

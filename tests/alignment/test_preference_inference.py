@@ -27,28 +27,33 @@ def _previous(n: int) -> PreferenceDescription:
         PreferenceStatement.make("prefers", f"topic number {i}", confidence=0.5) for i in range(n)])
 
 
+#: a small format (few, short statements) keeps the end-to-end tests fast on a CPU
+SMALL = {"think_tokens": 24, "max_statements": 2, "statement_tokens": 8}
+
+
 @pytest.mark.slow
-def test_real_model_gives_a_typed_result(default_engine):
-    inferrer = PreferenceInferrer(default_engine, InferenceConfig(max_new_tokens=48, max_retries=1, temperature=0.0))
+@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 0.9, "seed": 3}])
+def test_constrained_decoding_always_gives_the_declared_format(default_engine, sampling):
+    inferrer = PreferenceInferrer(default_engine, InferenceConfig(max_retries=0, **SMALL, **sampling))
     result = inferrer.infer(SIGNALS)
-    assert 1 <= result.attempts <= 2 and result.raws and result.prompt_tokens > 0
-    assert result.r_format in (0.0, 1.0)
-    if result.failed:
-        assert result.error and "broke the format" in result.error and result.new_statements == []
-    else:
-        assert result.new_statements and all(s.origin == "inferred" for s in result.new_statements)
-        assert all(set(s.evidence) <= {"c1", "s1", "t1"} for s in result.new_statements)
-        assert result.description.statements == result.new_statements
+    assert not result.failed and result.attempts == 1 and result.r_format == 1.0, result.raw
+    assert result.raw.startswith("<think>") and result.raw.rstrip().endswith("</answer>")
+    assert 1 <= len(result.new_statements) <= 2 and all(s.origin == "inferred" for s in result.new_statements)
+    assert all(set(s.evidence) == {"c1", "s1", "t1"} for s in result.new_statements)
+    assert result.description.statements == result.new_statements
 
 
 @pytest.mark.slow
-def test_broken_format_is_retried_within_the_bound_then_failed(default_engine):
+def test_unconstrained_output_is_retried_within_the_bound_then_failed(default_engine, unconstrained):
     previous = _previous(2)
-    inferrer = PreferenceInferrer(default_engine, InferenceConfig(max_new_tokens=2, max_retries=2))
-    result = inferrer.infer(SIGNALS, previous)
-    assert result.failed and result.attempts == 3 and len(result.raws) == 3
-    assert result.error.count("attempt") == 3 and result.r_format == 0.0
-    assert result.new_statements == [] and result.description.statements == previous.statements  # nothing changed
+    inferrer = PreferenceInferrer(default_engine, InferenceConfig(max_retries=2, max_statements=1, think_tokens=4,
+                                                                  statement_tokens=4, accept_lenient=False))
+    with unconstrained(default_engine):
+        result = inferrer.infer(SIGNALS, previous)
+    assert result.attempts == 3 and len(result.raws) == 3 or result.r_format == 1.0  # a free 135M rarely hits it
+    if result.failed:
+        assert result.error.count("attempt") == 3 and result.r_format == 0.0
+        assert result.new_statements == [] and result.description.statements == previous.statements  # unchanged
 
 
 def test_streaming_prompt_does_not_grow_with_history(default_engine):
@@ -62,11 +67,11 @@ def test_streaming_prompt_does_not_grow_with_history(default_engine):
 @pytest.mark.slow
 def test_many_new_signals_are_folded_in_bounded_chunks(default_engine):
     inferrer = PreferenceInferrer(default_engine, InferenceConfig(max_new_tokens=1, max_retries=0,
-                                                                  max_signals_per_call=6))
+                                                                  max_signals_per_call=6, **SMALL))
     signals, previous = _many(12), _previous(10)
     result = inferrer.infer(signals, previous)
     assert result.calls == 2
-    chunk_prompts = [default_engine.count_tokens(inferrer.prompt(signals[i:i + 6], previous)) for i in (0, 6)]
-    assert result.call_prompt_tokens == chunk_prompts
+    first = default_engine.count_tokens(inferrer.prompt(signals[:6], previous))
+    assert len(result.call_prompt_tokens) == 2 and result.call_prompt_tokens[0] == first
     one_call = default_engine.count_tokens(inferrer.prompt(signals, previous))
-    assert max(chunk_prompts) < one_call
+    assert max(result.call_prompt_tokens) < one_call  # the second chunk sees d_prev updated by the first

@@ -1,6 +1,7 @@
 """Pure logic of preference inference: reading <think>/<answer> output and merging descriptions."""
 
-from alignment.preference_inference import parse_inference_output, parse_statement_line
+from alignment.formats import FormatParseError, StatementLine, render_inference
+from alignment.preference_inference import InferenceConfig, inference_format, read_inference
 from alignment.preferences import (
     PreferenceDescription,
     PreferenceStatement,
@@ -10,45 +11,50 @@ from alignment.preferences import (
 )
 
 IDS = ["sig-a", "sig-b", "sig-c"]
+FMT = inference_format(InferenceConfig())
 
 
-def test_structured_line_with_confidence_and_cited_evidence():
-    s = parse_statement_line("- prefers | style | concise answers | confidence 0.7 | evidence e2, e3", IDS)
-    assert (s.stance, s.dimension, s.subject, s.confidence) == ("prefers", "style", "concise answers", 0.7)
-    assert s.text == "Prefers concise answers" and s.evidence == ["sig-b", "sig-c"] and s.origin == "inferred"
+def test_the_declared_format_is_read_strictly_with_r_format_one():
+    text = ("<think>Chose short replies twice.</think>\n<answer>\n- prefers | style | short replies | confidence 0.8\n"
+            "- avoids | health | cats (allergy) | confidence 0.95\n</answer>")
+    parsed = read_inference(FMT, text, IDS)
+    assert parsed.r_format == 1.0 and parsed.reasoning == "Chose short replies twice." and not parsed.problems
+    assert [(s.stance, s.dimension, s.subject, s.confidence) for s in parsed.statements] == [
+        ("prefers", "style", "short replies", 0.8), ("avoids", "health", "cats (allergy)", 0.95)]
+    first = parsed.statements[0]
+    assert first.text == "Prefers short replies" and first.evidence == IDS and first.origin == "inferred"
 
 
-def test_loose_lines_a_small_model_writes():
-    assert parse_statement_line("Avoids: technical jargon (confidence: 80%)", IDS).confidence == 0.8
-    line = parse_statement_line("2) avoided | pets, cats", IDS)
-    assert (line.stance, line.subject, line.dimension, line.evidence) == ("avoids", "pets, cats", "general", IDS)
-    assert parse_statement_line("**Prefers** | diet | vegetarian food | 0.9", IDS).confidence == 0.9
-    for junk in ("The user seems nice.", "<answer>", "- prefers | dimension | what the user prefers", ""):
-        assert parse_statement_line(junk, IDS) is None
+def test_the_sft_target_renderer_writes_exactly_what_the_grammar_reads():
+    lines = [StatementLine("prefers", "style", "short | direct  answers", 0.8), StatementLine("avoids", "risk", "x", 1.0)]
+    text = render_inference("They chose <b>short</b> replies.", lines)
+    assert FMT.pattern.fullmatch(text)
+    assert [s.subject for s in read_inference(FMT, text, IDS).statements] == ["short / direct answers", "x"]
 
 
-def test_strict_format_has_r_format_one():
-    text = "<think>Chose short replies twice.</think>\n<answer>\n- prefers | style | short replies | confidence 0.8\n</answer>"
-    parsed = parse_inference_output(text, IDS)
-    assert parsed.r_format == 1.0 and parsed.reasoning == "Chose short replies twice."
-    assert [s.subject for s in parsed.statements] == ["short replies"] and not parsed.problems
-
-
-def test_lenient_reading_keeps_statements_but_not_the_format_reward():
-    unclosed = "<think>They hate cats<answer>- avoids | health | cats | confidence 0.9"
-    parsed = parse_inference_output(unclosed, IDS)
-    assert parsed.r_format == 0.0 and parsed.reasoning == "They hate cats"
+def test_an_unconstrained_model_gets_the_relaxed_reader_and_r_format_zero():
+    loose = "<THINK> They hate cats </THINK>\n\n<answer>\n-  avoids |  health | cats | confidence 0.9\n</answer>"
+    assert read_inference(FMT, loose, IDS).statements == []  # strict: not the declared format
+    parsed = read_inference(FMT, loose, IDS, lenient=True)
+    assert parsed.r_format == 0.0 and parsed.problems == ["repaired"]
     assert [s.subject for s in parsed.statements] == ["cats"]
-    assert "missing <think>…</think>" in parsed.problems and "missing <answer>…</answer>" in parsed.problems
-    bare = parse_inference_output("Here is the profile:\n- prefers | tone | warm replies\n", IDS)
-    assert bare.r_format == 0.0 and bare.statements[0].subject == "warm replies"
 
 
-def test_tags_without_statements_or_text_without_any_are_unusable():
-    empty_answer = parse_inference_output("<think>hmm</think><answer>The user is a person.</answer>", IDS)
-    assert empty_answer.statements == [] and empty_answer.r_format == 0.0
-    rambling = parse_inference_output("To determine the user's preference I would need more context.", IDS)
-    assert rambling.statements == [] and "no preference statement could be read" in rambling.problems
+def test_what_no_reader_can_vouch_for_is_not_guessed_at():
+    for junk in ("<think>They hate cats<answer>- avoids | health | cats | confidence 0.9",  # unclosed tags
+                 "Here is the profile:\n- prefers | tone | warm replies\n",  # no tags
+                 "<think>hmm</think><answer>The user is a person.</answer>",  # no statement line
+                 "<think>x</think>\n<answer>\n- prefers | mood | y | confidence 0.5\n</answer>",  # undeclared dimension
+                 "<think>x</think>\n<answer>\n- prefers | style | y | confidence 1.5\n</answer>",  # out of range
+                 "To determine the user's preference I would need more context."):
+        parsed = read_inference(FMT, junk, IDS, lenient=True)
+        assert parsed.statements == [] and parsed.r_format == 0.0 and parsed.problems
+    try:
+        FMT.parse("nothing")
+    except FormatParseError as exc:
+        assert FMT.name in str(exc)
+    else:
+        raise AssertionError("the strict reader accepted junk")
 
 
 def _s(stance, subject, origin="inferred", updated="2025-01-01T00:00:00+00:00", evidence=("e1",), confidence=0.6):

@@ -1,0 +1,88 @@
+"""Constrained decoding on the real packaged model: every declared format, sampled, comes out parseable and
+finished on each CPU engine (transformers and llama.cpp), streamed too, and through LangChain; an engine set
+to decode freely does not enforce (what R_format measurements and RL rollouts need)."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignment.engines import ModelSpec, SamplingParams, build_engine
+from alignment.engines.langchain_engine import EngineChatModel, LangChainEngine
+from alignment.formats import (
+    council_thought,
+    council_value,
+    policy_response,
+    preference_inference,
+    preference_selection,
+    scenario,
+    step_judgment,
+    verdict,
+)
+from alignment.preferences import DIMENSIONS
+
+pytestmark = pytest.mark.slow
+
+ASK = [{"role": "system", "content": "The user is vegetarian and hates long answers."},
+       {"role": "user", "content": "Suggest a dinner for tonight."}]
+
+#: every declared format at small bounds, so the whole matrix decodes in about a minute
+FORMATS = {
+    "policy": policy_response(max_steps=2, step_tokens=12, answer_tokens=24),
+    "preference": preference_inference(tuple(DIMENSIONS), max_statements=2, think_tokens=16, statement_tokens=8),
+    "step_judgment": step_judgment(critique_tokens=16),
+    "yesno": verdict("yesno", 16),
+    "pair": verdict("pair", 16),
+    "rating": verdict("rating", 16),
+    "selection": preference_selection(),
+    "thought": council_thought(1, 12),
+    "value": council_value(),
+    "scenario": scenario(16, 10),
+}
+
+
+@pytest.fixture(scope="module")
+def llama(model_cache):
+    engine = build_engine(ModelSpec(backend="llamacpp"), model_cache, cache=False)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(params=["transformers", "llamacpp"])
+def engine(request, default_engine, llama):
+    return default_engine if request.param == "transformers" else llama
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_every_format_comes_out_parsed_and_finished(engine, name):
+    fmt = FORMATS[name]
+    params = SamplingParams(max_new_tokens=1, temperature=1.0, top_p=1.0, n=2, seed=11, format=fmt)
+    assert params.budget == fmt.max_tokens  # the budget grows to the grammar's longest output
+    for completion in engine.generate([ASK], params)[0]:
+        assert completion.format_error is None, completion.text
+        assert completion.parsed == fmt.parse(completion.text)  # exactly the declared format, strictly
+        assert completion.finish_reason == "stop" and completion.completion_tokens <= fmt.max_tokens
+    assert engine.format_stats["failed"] == 0
+
+
+def test_streamed_output_is_in_the_format_too(engine):
+    fmt = FORMATS["policy"]
+    text = "".join(engine.stream(ASK, SamplingParams(temperature=0.8, seed=2, format=fmt)))
+    parsed = fmt.parse(text)
+    assert 1 <= len(parsed.steps) <= 2 and parsed.answer
+
+
+def test_decoding_freely_is_a_role_setting(engine, unconstrained):
+    fmt = FORMATS["yesno"]
+    assert engine.enforces(fmt)
+    with unconstrained(engine):
+        assert not engine.enforces(fmt)
+        out = engine.generate([ASK], SamplingParams(max_new_tokens=8, format=fmt))[0][0]
+    assert out.format_error is not None and out.parsed is None  # a free 135M does not write this JSON
+
+
+def test_langchain_passes_the_format_to_the_engine_underneath(default_engine):
+    lc = LangChainEngine(EngineChatModel(engine=default_engine, max_new_tokens=4))
+    fmt = FORMATS["value"]
+    assert lc.enforces(fmt)
+    out = lc.generate([ASK], SamplingParams(temperature=0.9, seed=1, format=fmt))[0][0]
+    assert out.format_error is None and 0.0 <= out.parsed <= 1.0
