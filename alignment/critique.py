@@ -1,59 +1,60 @@
-"""Step critiques: the text-then-score format written by the DeepPref evaluator and by Pers-GenPRM.
+"""Step critiques: the ``Critique: c`` / ``SCORE: x`` judgment written by the DeepPref evaluator and Pers-GenPRM.
 
-Each step's judgment is a critique c^j followed by a final ``SCORE: x`` line with x in [-1, 1]
-(the authors' public setup). A score that cannot be read is an error the caller counts and logs,
-never a silent 0.
+The format is declared once (``alignment.formats.step_judgment``: one critique line, then x in [-1, 1] with at
+most two decimals); a constrained engine can only write it. ``parse_step_judgment`` is its strict reader and
+``format_step_judgment`` writes exactly what the grammar produces (Pers-GenPRM's SFT target), so training targets
+and constrained outputs agree. A judgment that cannot be read is an error the caller counts, never a silent 0.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from alignment.errors import CdraError
+from alignment.formats import FormatParseError, Reading, step_judgment
+
+if TYPE_CHECKING:
+    from alignment.engines.base import Engine
+    from alignment.formats import OutputFormat
 
 SCORE_MIN, SCORE_MAX = -1.0, 1.0
-_SCORE = re.compile(
-    r"(?:^|\n)[ \t>*_#-]*score[ \t*_]*[:=][ \t*_]*\[?([+-]?(?:\d+(?:\.\d*)?|\.\d+))\]?(?:\s*/\s*1(?:\.0+)?)?",
-    re.IGNORECASE,
-)
-_CRITIQUE_LABEL = re.compile(r"^[ \t*_#-]*critique[ \t*_]*[:=][ \t*_]*", re.IGNORECASE)
-
-
-class ScoreParseError(CdraError, ValueError):
-    """The judgment has no readable ``SCORE: x`` line in [-1, 1]."""
+#: the critique's token bound where a caller names none (the stage configs carry their own)
+DEFAULT_CRITIQUE_TOKENS = 96
+#: a judgment that is not in the step-judgment format (the name kept from before formats were declared)
+ScoreParseError = FormatParseError
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
 class StepJudgment:
     critique: str
     score: float
-    clamped: bool = False  # the reply overshot the scale (1 < |x| < 2) and was read as the nearest bound
 
 
-def parse_step_judgment(text: str, clamp_overshoot: bool = False) -> StepJudgment:
-    """Critique and score from one judgment; the last SCORE line wins (models restate it).
+def parse_step_judgment(text: str, *, lenient: bool = False) -> StepJudgment:
+    """The strict reader: exactly ``Critique: c`` then ``SCORE: x`` (x in [-1, 1]); raises ``ScoreParseError``.
 
-    ``clamp_overshoot`` reads a score just outside the scale (``SCORE: 1.25``, a small evaluator's
-    "better than excellent") as the nearest bound and marks it ``clamped``, so the caller can count it;
-    anything further out stays unreadable.
+    ``lenient`` is for an unconstrained model (any whitespace, any case of the labels); it never clamps an
+    out-of-range score or guesses at a missing one. The critique's token bound does not change what reads.
     """
-    matches = list(_SCORE.finditer(text))
-    if not matches:
-        raise ScoreParseError(f"no 'SCORE: x' line in judgment: {text[-200:]!r}")
-    last = matches[-1]
-    value = float(last.group(1))
-    clamped = False
-    if not SCORE_MIN <= value <= SCORE_MAX:
-        if not (clamp_overshoot and abs(value) < 2 * SCORE_MAX):
-            raise ScoreParseError(f"score {value} outside [{SCORE_MIN}, {SCORE_MAX}]")
-        value, clamped = min(max(value, SCORE_MIN), SCORE_MAX), True
-    critique = _CRITIQUE_LABEL.sub("", text[: last.start()].strip()).strip()
-    if not critique:
-        raise ScoreParseError("the judgment has a score but no critique before it")
-    return StepJudgment(critique=critique, score=value, clamped=clamped)
+    return step_judgment(DEFAULT_CRITIQUE_TOKENS).read(text, lenient=lenient).value
+
+
+def read_step_judgment(engine: Engine, fmt: OutputFormat, text: str) -> Reading[StepJudgment] | None:
+    """``engine``'s output read as ``fmt`` (strictly where the engine enforced it, else leniently and marked
+    ``repaired``), or ``None`` when it is not a judgment."""
+    try:
+        return engine.read_format(fmt, text)
+    except FormatParseError:
+        return None
 
 
 def format_step_judgment(critique: str, score: float) -> str:
-    """The training target of Pers-GenPRM: critique first, then the score it grounds (Eq. 2)."""
-    return f"Critique: {critique.strip()}\nSCORE: {score:.2f}"
+    """The training target of Pers-GenPRM: critique first, then the score it grounds (Eq. 2), byte for byte what
+    the step-judgment grammar writes (one critique line, the score with two decimals, clipped to [-1, 1])."""
+    line = " ".join(_CONTROL.sub(" ", critique).split())
+    if not line:
+        raise ValueError("a step judgment needs a critique")
+    value = f"{min(max(float(score), SCORE_MIN), SCORE_MAX):.2f}"
+    return f"Critique: {line}\nSCORE: {'0.00' if value == '-0.00' else value}"

@@ -1,8 +1,10 @@
 """Pers-GenPRM (CDRA §2.3): for every segment of a response, a critique c^j and then a score r^j.
 
 ``PersGenPRM(engine).score_responses(P, q, responses) -> list[StepScores]``. All (response, segment)
-pairs go to the engine in one ``generate`` call; unparseable judgments are retried (sampled) a
-bounded number of times, then either read out from the model's own distribution over score values
+pairs go to the engine in one ``generate`` call, in the declared step-judgment format
+(``alignment.formats.step_judgment``): a constrained engine's judgments all parse on the first attempt.
+An unconstrained engine's are read leniently (counted as repaired); unparseable ones are retried (sampled)
+a bounded number of times, then either read out from the model's own distribution over score values
 (``fallback="readout"``, counted) or left unscored (``None``, counted) — never a silent 0.
 """
 
@@ -15,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from alignment.critique import ScoreParseError, format_step_judgment, parse_step_judgment
+from alignment.critique import DEFAULT_CRITIQUE_TOKENS, format_step_judgment, read_step_judgment
 from alignment.engines.base import Conversation, Engine, SamplingParams
+from alignment.formats import step_judgment
 from alignment.prompts import render
 from alignment.prompts.prm import STEP_CRITIQUE_PROMPT, format_previous_steps
 from alignment.steps import parse_response
@@ -32,19 +35,28 @@ _SCORE_TAIL = re.compile(r"\n?[^\n]*\bscore\b[^\n]*$", re.IGNORECASE)
 class PRMConfig:
     """How Pers-GenPRM decodes and what it does with judgments it cannot read.
 
-    Decoding: ``max_new_tokens`` per judgment; the first attempt is greedy (reproducible rewards).
-    Failures: ``max_retries`` further *sampled* attempts (``retry_temperature``) for judgments with no
+    Decoding: judgments are in ``step_judgment(critique_tokens)``: a critique of at most ``critique_tokens``
+    tokens (default: ``max_new_tokens``, the older name of this length), then ``SCORE: x``; the generation
+    budget is the format's longest output, so every judgment finishes with its score. The first attempt is
+    greedy (reproducible rewards).
+    Failures (only possible where the engine does not enforce the format, e.g. ``constrained = false`` or an
+    endpoint): ``max_retries`` further *sampled* attempts (``retry_temperature``) for judgments with no
     readable ``SCORE: x``; then ``fallback="readout"`` appends ``SCORE: x`` for every x of
     ``readout_grid`` to the model's own critique and takes the probability-weighted mean, while
     ``fallback="none"`` leaves the segment unscored. Both outcomes are counted in the result.
     """
 
-    max_new_tokens: int = 160
+    critique_tokens: int | None = None
+    max_new_tokens: int = DEFAULT_CRITIQUE_TOKENS
     max_retries: int = 2
     retry_temperature: float = 0.8
     fallback: Literal["none", "readout"] = "readout"
     readout_grid: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     seed: int | None = 0
+
+    @property
+    def critique_bound(self) -> int:
+        return max(4, self.critique_tokens or self.max_new_tokens)
 
 
 @dataclass
@@ -56,6 +68,7 @@ class StepScores:
     scores: list[float | None]
     sources: list[ScoreSource]
     failures: int = 0  # unparseable generations for this response, retries included
+    repaired: int = 0  # judgments only the lenient reader accepted (unconstrained engines)
 
     @property
     def complete(self) -> bool:
@@ -94,12 +107,17 @@ class PRMScores:
         return sum(r.unscored for r in self.responses)
 
     @property
+    def repaired(self) -> int:
+        return sum(r.repaired for r in self.responses)
+
+    @property
     def segments(self) -> int:
         return sum(len(r.scores) for r in self.responses)
 
     def summary(self) -> str:
         return (f"{self.segments} segments: {self.segments - self.readouts - self.unscored} parsed, "
-                f"{self.readouts} read out, {self.unscored} unscored; {self.failures} unparseable generations")
+                f"{self.readouts} read out, {self.unscored} unscored; {self.failures} unparseable generations, "
+                f"{self.repaired} read leniently")
 
 
 def segment_texts(steps: Sequence[str], answer: str | None) -> list[str]:
@@ -176,6 +194,23 @@ class PersGenPRM:
     def __init__(self, engine: Engine, config: PRMConfig | None = None) -> None:
         self.engine = engine
         self.config = config or PRMConfig()
+        self.format = step_judgment(self.config.critique_bound)
+
+    def _params(self, temperature: float, seed: int | None) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.format.max_tokens, temperature=temperature, seed=seed,
+                              format=self.format)
+
+    def _record(self, results: list[StepScores], i: int, j: int, text: str) -> bool:
+        """Store the judgment of segment j of response i when it reads; count the failure otherwise."""
+        reading = read_step_judgment(self.engine, self.format, text)
+        if reading is None:
+            results[i].failures += 1
+            return False
+        results[i].repaired += reading.repaired
+        results[i].critiques[j] = reading.value.critique
+        results[i].scores[j] = reading.value.score
+        results[i].sources[j] = "parsed"
+        return True
 
     def score_responses(self, preference: str, query: str, responses: Sequence[str]) -> list[StepScores]:
         """Per-segment critiques and scores of each response to (P, q)."""
@@ -214,25 +249,14 @@ class PersGenPRM:
         for attempt in range(cfg.max_retries + 1):
             if not todo:
                 break
-            params = SamplingParams(
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=0.0 if attempt == 0 else cfg.retry_temperature,
-                seed=None if cfg.seed is None else cfg.seed + attempt,
-            )
+            params = self._params(0.0 if attempt == 0 else cfg.retry_temperature,
+                                  None if cfg.seed is None else cfg.seed + attempt)
             outputs = self.engine.generate([convs[k] for k in todo], params)
             still = []
             for k, out in zip(todo, outputs):
                 texts[k] = out[0].text
-                i, j = owner[k]
-                try:
-                    judgment = parse_step_judgment(texts[k])
-                except ScoreParseError:
-                    results[i].failures += 1
+                if not self._record(results, *owner[k], texts[k]):
                     still.append(k)
-                    continue
-                results[i].critiques[j] = judgment.critique
-                results[i].scores[j] = judgment.score
-                results[i].sources[j] = "parsed"
             todo = still
         for k in todo:
             i, j = owner[k]
@@ -259,16 +283,10 @@ class PersGenPRM:
                 convs.append(conv)
                 owner.append((i, j))
         parsed = [StepScores(list(s), [""] * len(s), [None] * len(s), ["failed"] * len(s)) for _, _, s in items]
-        params = SamplingParams(max_new_tokens=self.config.max_new_tokens, temperature=0.0)
-        texts = [o[0].text for o in self.engine.generate(convs, params)]
+        texts = [o[0].text for o in self.engine.generate(convs, self._params(0.0, None))]
         for text, (i, j) in zip(texts, owner):
-            try:
-                judgment = parse_step_judgment(text)
-            except ScoreParseError:
-                parsed[i].failures += 1
+            if not self._record(parsed, i, j, text):
                 parsed[i].critiques[j] = critique_text(text)
-                continue
-            parsed[i].critiques[j], parsed[i].scores[j], parsed[i].sources[j] = judgment.critique, judgment.score, "parsed"
         read = [StepScores(list(s), [""] * len(s), [None] * len(s), ["failed"] * len(s)) for _, _, s in items]
         self._readout(convs, texts, owner, read)
         return PRMScores(parsed), [[float(x) for x in r.scores] for r in read]  # type: ignore[arg-type]

@@ -1,8 +1,10 @@
 """The cognitive council's Tree of Thoughts (CDRA §2.2, Appendix E): (P, q) -> root-to-leaf paths τ_i.
 
-Level by level, each council persona proposes next thoughts at every frontier node; the teacher's
-value function V scores each thought (``VALUE: x`` in [0, 1]); thoughts under the threshold, with
-no readable value, empty or repeated are pruned, the best ``breadth`` survive. Every leaf path gets a
+Level by level, each council persona proposes next thoughts at every frontier node (``Step k: …``, the
+declared ``council_thought`` format); the teacher's value function V scores each thought (``VALUE: x`` in
+[0, 1], ``council_value``); both are enforced by constrained decoding where the engine can and read strictly,
+so only an unconstrained teacher leaves anything unreadable (read leniently, counted). Thoughts under the
+threshold, unreadable, empty or repeated are pruned, the best ``breadth`` survive. Every leaf path gets a
 final answer. A level's proposals (and its values, and all answers) are one batched generation;
 every sampled call carries a seed derived from the build seed, the scenario id and the level (or the
 node path, when not batched), so the same scenario always grows the same tree.
@@ -17,13 +19,14 @@ from dataclasses import asdict, dataclass, field, replace
 
 from alignment.engines.base import Completion, Conversation, Engine, SamplingParams
 from alignment.errors import CdraError
+from alignment.formats import FormatParseError, OutputFormat, Reading, council_thought, council_value
 from alignment.prompts import render
 from alignment.prompts.council import ANSWER_PROMPT, PERSONAS, PROPOSE_PROMPT, VALUE_PROMPT
 from alignment.prompts.prm import format_previous_steps
 from alignment.steps import MAX_STEPS, format_response, parse_response
 from training.scenarios import Scenario, derive_seed
 
-PRUNE_REASONS = ("threshold", "unparseable_value", "beam", "duplicate", "empty")
+PRUNE_REASONS = ("threshold", "unparseable_value", "beam", "duplicate", "empty", "unparseable_thought")
 
 
 @dataclass
@@ -51,8 +54,11 @@ class CouncilConfig:
     Parameters that control generation (temperature 0 is greedy; sampled calls are seeded):
         thought_temperature (`float`, defaults to `0.8`):
             Proposals are sampled so that personas and branches differ.
-        thought_max_new_tokens (`int`, defaults to `64`):
-            Budget of one thought; a cut-off thought is trimmed to its last full sentence.
+        step_tokens (`int`, defaults to `48`):
+            Most tokens of one thought: the bound of the ``council_thought`` format (``Step k: …``, one line);
+            a thought that reaches it is trimmed to its last full sentence.
+        thought_max_new_tokens (`int`, defaults to `0`):
+            Generation budget of one thought; raised to the format's longest output when smaller.
         value_samples (`int`, defaults to `3`):
             V is the mean of this many readable ``VALUE: x`` replies (ToT samples its value prompt too).
         value_temperature (`float`, defaults to `0.7`):
@@ -61,8 +67,8 @@ class CouncilConfig:
             Extra attempts for thoughts with no readable value; then the thought is pruned and counted.
         value_retry_temperature (`float`, defaults to `0.7`):
             Temperature of those retries (a greedy retry would only repeat the same reply).
-        value_max_new_tokens (`int`, defaults to `8`):
-            Budget of one value reply.
+        value_max_new_tokens (`int`, defaults to `0`):
+            Budget of one value reply; raised to the ``council_value`` format's longest output when smaller.
         answer_temperature (`float`, defaults to `0.0`):
             The final answer of a path is greedy by default.
         answer_max_new_tokens (`int`, defaults to `192`):
@@ -82,12 +88,13 @@ class CouncilConfig:
     min_depth: int = 1
     max_paths: int | None = None
     thought_temperature: float = 0.8
-    thought_max_new_tokens: int = 64
+    step_tokens: int = 48
+    thought_max_new_tokens: int = 0
     value_samples: int = 3
     value_temperature: float = 0.7
     value_retries: int = 1
     value_retry_temperature: float = 0.7
-    value_max_new_tokens: int = 8
+    value_max_new_tokens: int = 0
     answer_temperature: float = 0.0
     answer_max_new_tokens: int = 192
     batched: bool = True
@@ -107,6 +114,12 @@ class CouncilConfig:
             raise CdraError(f"value_threshold must lie in [0, 1], not {self.value_threshold}")
         if self.branching > 1 and self.thought_temperature <= 0:
             raise CdraError("branching > 1 needs thought_temperature > 0 (greedy samples would be identical)")
+        if self.step_tokens < 4:
+            raise CdraError(f"step_tokens must be at least 4, not {self.step_tokens}")
+
+    def formats(self) -> list[OutputFormat]:
+        """The declared outputs the council reads: a thought per depth, then the value (a build's fingerprint)."""
+        return [*(council_thought(k, self.step_tokens) for k in range(1, self.depth + 1)), council_value()]
 
 
 # -- the tree ---------------------------------------------------------------------------------------------
@@ -140,8 +153,10 @@ class ReasoningPath:
 class TreeStats:
     proposed: int = 0
     pruned: dict[str, int] = field(default_factory=lambda: {r: 0 for r in PRUNE_REASONS})
-    value_parse_failures: int = 0  # unreadable value replies (samples)
+    value_parse_failures: int = 0  # unreadable value replies (samples; only from an unconstrained teacher)
     value_retries: int = 0  # thoughts sent again for a value
+    thought_parse_failures: int = 0  # proposals not in the council_thought format (unconstrained teacher)
+    repaired: int = 0  # thoughts and values only the lenient reader accepted (unconstrained teacher)
     empty_answers: int = 0  # leaves dropped because the answer was empty
     model_calls: int = 0
     conversations: int = 0
@@ -174,15 +189,9 @@ class ThoughtTree:
         return cls(data["scenario_id"], nodes, [ReasoningPath(**p) for p in data["paths"]], TreeStats(**data["stats"]))
 
 
-# -- text clean-up and value parsing (pure) ----------------------------------------------------------------
-_LABEL = re.compile(r"^\s*[>*#-]*\s*\**\s*(?:step\s*\d+|thought)\s*\**\s*[:.)-]\s*\**\s*", re.IGNORECASE)
-_NEXT_LABEL = re.compile(r"(?:^|\n)\s*[>*#-]*\s*\**\s*(?:step\s*\d+|(?:final\s+)?answer)\s*\**\s*[:.)-]", re.IGNORECASE)
+# -- reading the council's outputs -------------------------------------------------------------------------
 _ANSWER_LABEL = re.compile(r"^\s*[>*#-]*\s*\**\s*(?:final\s+)?(?:answer|reply|response)\s*\**\s*[:.-]\s*\**\s*", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?)](?=\s|$)")
-_VALUE = re.compile(
-    r"value\s*\**\s*[:=]\s*\**\s*\[?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(%|/\s*(?:100|10|1(?:\.0+)?))?", re.IGNORECASE
-)
-_BARE_NUMBER = re.compile(r"^\s*([01](?:\.\d+)?|\.\d+)\s*$")
 
 
 def _trim_cut_off(text: str, cut_off: bool) -> str:
@@ -195,17 +204,21 @@ def _trim_cut_off(text: str, cut_off: bool) -> str:
     return text
 
 
-def clean_thought(text: str, cut_off: bool = False) -> str:
-    """One proposed thought as a single line: no ``Step k:`` label, no following steps or answer.
+def read_output(engine: Engine, fmt: OutputFormat, text: str) -> Reading | None:
+    """``fmt``'s reading of one of ``engine``'s outputs (strict where the engine enforced the format, lenient and
+    marked ``repaired`` otherwise), or ``None`` when it is not in the format."""
+    try:
+        return engine.read_format(fmt, text)
+    except FormatParseError:
+        return None
 
-    Returns "" when fewer than three words remain (the node is then pruned as empty).
-    """
-    text = _LABEL.sub("", text.strip().strip('"'))
-    nxt = _NEXT_LABEL.search(text)
-    if nxt:
-        text, cut_off = text[: nxt.start()], False
-    text = re.split(r"\n\s*\n", text.strip(), maxsplit=1)[0]
-    text = " ".join(_trim_cut_off(text, cut_off).split()).strip().strip('"').strip()
+
+def clean_thought(step: str) -> str:
+    """A thought as the tree keeps it, from the ``council_thought`` format's step text: quotes and runs of
+    spaces removed, and one that stops mid-sentence (it reached the format's bound) trimmed to its last
+    full sentence when that keeps most of it. Returns "" under three words (the node is pruned as empty)."""
+    text = " ".join(step.split()).strip().strip('"').strip()
+    text = _trim_cut_off(text, cut_off=not text.endswith((".", "!", "?", ")", '"')))
     return text if len(text.split()) >= 3 else ""
 
 
@@ -220,32 +233,6 @@ def clean_answer(text: str, steps: Sequence[str], cut_off: bool = False) -> str:
     if parsed.steps != [s.strip() for s in steps] or parsed.answer != text:
         text = " ".join(text.split())
     return text
-
-
-def parse_value(text: str) -> float | None:
-    """V in [0, 1] from the first ``VALUE: x`` (also ``7/10``, ``70%``, or a bare ``0.7``); None if unreadable.
-
-    Small teachers overshoot the scale: ``VALUE: 1.2`` reads as 1 (a value in (1, 2) means "excellent");
-    a whole number 2..10 without a scale reads as tenths (``VALUE: 7`` is 0.7). Anything else outside
-    [0, 1] is unreadable, never guessed.
-    """
-    m = _VALUE.search(text)
-    if m:
-        value, scale = float(m.group(1)), (m.group(2) or "").replace(" ", "")
-        if scale == "%" or scale == "/100":
-            value /= 100.0
-        elif scale == "/10":
-            value /= 10.0
-        elif 1.0 < value < 2.0:
-            value = 1.0
-        elif value.is_integer() and 2 <= value <= 10:
-            value /= 10.0
-    else:
-        bare = _BARE_NUMBER.match(text)
-        if not bare:
-            return None
-        value = float(bare.group(1))
-    return value if 0.0 <= value <= 1.0 else None
 
 
 def _normalized(text: str) -> str:
@@ -295,29 +282,36 @@ class _Council:
                    previous_steps=format_previous_steps(self.steps_to(node)), step_number=depth)
             for node, persona in requests
         ]
+        fmt = council_thought(depth, cfg.step_tokens)
         params = SamplingParams(max_new_tokens=cfg.thought_max_new_tokens, temperature=cfg.thought_temperature,
-                                n=cfg.branching)
+                                n=cfg.branching, format=fmt)
         outputs = self.generate(convs, params, "propose", depth, [f"{n.id}/{p}" for n, p in requests])
         children: list[ThoughtNode] = []
         seen: dict[str, set[str]] = {}
         for (parent, persona), completions in zip(requests, outputs):
             for completion in completions:
-                thought = clean_thought(completion.text, cut_off=completion.finish_reason == "length")
+                reading = read_output(self.engine, fmt, completion.text)
+                thought = clean_thought(reading.value) if reading else ""
+                self.stats.thought_parse_failures += reading is None
+                self.stats.repaired += bool(reading and reading.repaired)
                 child = ThoughtNode(f"{parent.id}.{len(parent.children)}", parent.id, depth, persona, thought)
                 parent.children.append(child.id)
                 self.nodes[child.id] = child
-                key = _normalized(thought)
-                if not thought:
+                key, siblings = _normalized(thought), seen.setdefault(parent.id, set())
+                if reading is None:
+                    child.pruned = "unparseable_thought"
+                elif not thought:
                     child.pruned = "empty"
-                elif key in seen.setdefault(parent.id, set()):
+                elif key in siblings:
                     child.pruned = "duplicate"
-                seen[parent.id].add(key)
+                siblings.add(key)
                 children.append(child)
         self.stats.proposed += len(children)
         return children
 
     def value(self, nodes: list[ThoughtNode], depth: int) -> None:
         cfg, s = self.config, self.scenario
+        fmt = council_value()
         pending = nodes
         for attempt in range(1 + cfg.value_retries):
             if not pending:
@@ -332,13 +326,14 @@ class _Council:
             ]
             temperature = cfg.value_temperature if attempt == 0 else cfg.value_retry_temperature
             params = SamplingParams(max_new_tokens=cfg.value_max_new_tokens, temperature=temperature,
-                                    n=cfg.value_samples if temperature > 0 else 1, stop=("\n",))
+                                    n=cfg.value_samples if temperature > 0 else 1, stop=("\n",), format=fmt)
             outputs = self.generate(convs, params, "value", f"{depth}/{attempt}", [n.id for n in pending])
             still: list[ThoughtNode] = []
             for node, completions in zip(pending, outputs):
-                values = [parse_value(c.text) for c in completions]
-                readable = [v for v in values if v is not None]
-                self.stats.value_parse_failures += len(values) - len(readable)
+                readings = [read_output(self.engine, fmt, c.text) for c in completions]
+                readable = [r.value for r in readings if r is not None]
+                self.stats.value_parse_failures += len(readings) - len(readable)
+                self.stats.repaired += sum(1 for r in readings if r is not None and r.repaired)
                 if readable:
                     node.value_samples = readable
                     node.value = round(sum(readable) / len(readable), 4)

@@ -100,6 +100,8 @@ def _tree_counters(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "nodes_pruned": pruned,
             "pruning_rate": round(sum(pruned.values()) / proposed, 4) if proposed else None,
             "value_parse_failures": sum(t["stats"]["value_parse_failures"] for t in trees),
+            "thought_parse_failures": sum(t["stats"].get("thought_parse_failures", 0) for t in trees),
+            "repaired": sum(t["stats"].get("repaired", 0) for t in trees),
             "value_retries": sum(t["stats"]["value_retries"] for t in trees),
             "empty_answers": sum(t["stats"]["empty_answers"] for t in trees),
             "paths_answered": sum(len(t["paths"]) for t in trees),
@@ -112,7 +114,7 @@ def _tree_counters(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "parse_failures": sum(a["parse_failures"] for a in annotation),
             "retries": sum(a["retries"] for a in annotation),
             "dropped_paths": sum(a["dropped_paths"] for a in annotation),
-            "clamped_scores": sum(a.get("clamped", 0) for a in annotation),
+            "repaired": sum(a.get("repaired", 0) for a in annotation),
             "evaluator_calls_per_tree": round(sum(a["model_calls"] for a in annotation) / n, 2),
         },
     }
@@ -133,9 +135,10 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines += [
             f"* nodes proposed: {t['nodes_proposed']}, pruned: {t['nodes_pruned']}, pruning rate: {t['pruning_rate']}",
             f"* values V: {t['values']}; unreadable value replies: {t['value_parse_failures']} "
-            f"(retried thoughts {t['value_retries']}); empty answers: {t['empty_answers']}",
+            f"(retried thoughts {t['value_retries']}); unreadable thoughts: {t.get('thought_parse_failures', 0)}; "
+            f"read leniently (unconstrained teacher): {t.get('repaired', 0)}; empty answers: {t['empty_answers']}",
             f"* critiques: {a['judgments']} judged, {a['parse_failures']} unreadable replies, {a['retries']} retries, "
-            f"{a['dropped_paths']} paths dropped, {a['clamped_scores']} overshooting scores clamped to ±1",
+            f"{a['dropped_paths']} paths dropped, {a.get('repaired', 0)} read leniently (unconstrained evaluator)",
             f"* model calls per tree: teacher {t['teacher_calls_per_tree']}, evaluator {a['evaluator_calls_per_tree']}; "
             f"teacher seconds per tree {t['teacher_seconds_per_tree']}",
         ]

@@ -66,8 +66,8 @@ class BuildConfig:
         """A small tree that finishes in about a minute per scenario on a laptop CPU with the default model."""
         return cls(
             council=CouncilConfig(personas=("Psychologist", "Pragmatist"), depth=2, breadth=2, branching=1,
-                                  thought_max_new_tokens=40, value_samples=2, answer_max_new_tokens=64),
-            annotation=AnnotationConfig(max_new_tokens=64, retries=2),
+                                  step_tokens=32, value_samples=2, answer_max_new_tokens=64),
+            annotation=AnnotationConfig(critique_tokens=40, retries=2),
             seed=seed,
         )
 
@@ -86,10 +86,21 @@ def _prompts_digest() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def output_formats(config: BuildConfig) -> list:
+    """Every declared output the build reads: the council's thoughts and values, the evaluator's judgments."""
+    return [*config.council.formats(), config.annotation.format]
+
+
 def fingerprint(config: BuildConfig, teacher: Engine, evaluator: Engine) -> str:
-    """What the records depend on: the config (batching aside), the prompts and the engines' versions."""
+    """What the records depend on: the config (batching aside), the prompts, the output formats (their grammars,
+    bounds included, and whether each engine enforces them) and the engines' versions."""
     payload = config.to_dict()
     payload["prompts"] = _prompts_digest()
+    council_formats = config.council.formats()
+    payload["formats"] = {fmt.name: hashlib.sha256(fmt.lark.encode()).hexdigest()[:12]
+                          for fmt in output_formats(config)}
+    payload["enforced"] = [all(teacher.enforces(f) for f in council_formats),
+                           evaluator.enforces(config.annotation.format)]
     payload["council"].pop("batched")
     payload["annotation"].pop("batched")
     payload["max_consecutive_failures"] = None
@@ -201,6 +212,7 @@ def build_deeppref(
         raise CdraError("no scenarios to build from")
     fp = fingerprint(config, teacher, evaluator)
     manifest = {"fingerprint": fp, "config": config.to_dict(),
+                "formats": {f.name: {"max_tokens": f.max_tokens, "grammar": f.lark} for f in output_formats(config)},
                 "teacher": {"version": teacher.version, "description": teacher.description},
                 "evaluator": {"version": evaluator.version, "description": evaluator.description}}
     _check_manifest(out_dir, manifest)

@@ -41,19 +41,12 @@ def read_records(path: Path, required: Sequence[str] = ()) -> list[dict]:
         for n, row in enumerate(rows, 1):
             _require(row, required, f"{path}:{n}")
         return rows
+    from alignment.records import jsonl_objects  # bad bytes, nesting, numbers: FormatError file:line
+
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FormatError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise FormatError(f"{path}:{n}: expected a JSON object")
-            _require(row, required, f"{path}:{n}")
-            rows.append(row)
+    for where, row in jsonl_objects(path):
+        _require(row, required, where)
+        rows.append(row)
     return rows
 
 
@@ -74,6 +67,9 @@ def read_rea(path: Path) -> list[dict]:
         for s in row["scores"]:
             if not isinstance(s, (int, float)) or not SCORE_MIN <= s <= SCORE_MAX:
                 raise FormatError(f"{path}:{n}: score {s!r} is not a number in [{SCORE_MIN}, {SCORE_MAX}]")
+        for c in row["critiques"]:  # the training target is the step-judgment format: a critique is never blank
+            if not isinstance(c, str) or not c.strip():
+                raise FormatError(f"{path}:{n}: critique {c!r} is not a non-empty string")
     return rows
 
 
@@ -286,10 +282,12 @@ class PRMAgreement:
     """How well a PRM's step scores agree with the evaluator's on held-out paths."""
 
     segments: int
-    parse_rate: float  # share of greedy judgments with a readable SCORE line
+    parse_rate: float  # share of greedy judgments in the step-judgment format (1.0 on a constrained engine)
     spearman: float  # of the read-out score (model's score distribution's mean) vs the evaluator's
     spearman_parsed: float  # on the parsed subset only (nan when fewer than 3)
     mae: float  # mean absolute error of the read-out score
+    unparseable: int = 0  # greedy judgments not in the format (only an unconstrained engine writes those)
+    repaired: int = 0  # judgments only the lenient reader accepted (unconstrained engines)
 
     def row(self) -> dict:
         return asdict(self)
@@ -305,10 +303,12 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def evaluate_prm(engine: Engine, records: Sequence[dict], max_new_tokens: int = 96) -> PRMAgreement:
-    """Score held-out D_Rea paths with the PRM on ``engine`` and compare with the records' scores."""
+    """Score held-out D_Rea paths with the PRM on ``engine`` and compare with the records' scores.
+
+    ``max_new_tokens`` bounds each critique (the step-judgment format's ``critique_tokens``)."""
     if not records:
         raise CdraError("no held-out records to evaluate the PRM on (need split=validation records)")
-    prm = PersGenPRM(engine, PRMConfig(max_new_tokens=max_new_tokens, max_retries=0, fallback="none"))
+    prm = PersGenPRM(engine, PRMConfig(critique_tokens=max_new_tokens, max_retries=0, fallback="none"))
     items = [(r["preference"], r["query"], segment_texts(r["steps"], r["answer"])) for r in records]
     parsed, readout = prm.readout_scores(items)
     gold = [float(s) for r in records for s in r["scores"]]
@@ -321,4 +321,6 @@ def evaluate_prm(engine: Engine, records: Sequence[dict], max_new_tokens: int = 
         spearman=spearman(pred, gold),
         spearman_parsed=spearman([p for p, _ in pairs], [g for _, g in pairs]),
         mae=sum(abs(p - g) for p, g in zip(pred, gold)) / len(gold),
+        unparseable=parsed.failures,
+        repaired=parsed.repaired,
     )

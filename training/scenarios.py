@@ -123,17 +123,10 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise CdraError(f"{path} does not exist")
-    with path.open(encoding="utf-8-sig") as fh:  # tolerate a byte-order mark
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FormatError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise FormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    from alignment.records import jsonl_objects  # bad bytes, nesting, numbers: FormatError file:line
+
+    for where, obj in jsonl_objects(path):
+        yield int(where.rsplit(":", 1)[1]), obj
 
 
 # -- reading and writing scenario files ----------------------------------------------------------------
@@ -239,27 +232,28 @@ def deduplicate(
 
 
 # -- generation with the teacher ---------------------------------------------------------------------------
-_FIELD = re.compile(r"^[ \t*#>-]*\**\s*(preference|query)\s*\**\s*[:：]\s*\**\s*(.*)$", re.IGNORECASE)
+#: the bounds of a generated scenario (the ``scenario`` format: ``PREFERENCE: P`` then ``QUERY: q``, one line each)
+PREFERENCE_TOKENS, QUERY_TOKENS = 96, 40
+#: fewer words than these are not a scenario, even in the right format
+MIN_PREFERENCE_WORDS, MIN_QUERY_WORDS = 5, 2
 
 
-def parse_scenario_reply(text: str) -> tuple[str, str] | None:
-    """(preference, query) from a ``PREFERENCE: …`` / ``QUERY: …`` reply, or None when either is missing."""
-    found: dict[str, list[str]] = {}
-    current: str | None = None
-    for line in text.splitlines():
-        m = _FIELD.match(line)
-        if m:
-            current = m.group(1).lower()
-            if current in found:  # a second scenario begins: stop at the first one
-                break
-            found[current] = [m.group(2).strip()]
-        elif current and line.strip():
-            found[current].append(line.strip())
-        elif current == "query" and not line.strip():
-            break
-    preference = " ".join(found.get("preference", [])).strip()
-    query = " ".join(found.get("query", [])).strip().strip('"')
-    if len(preference.split()) < 5 or len(query.split()) < 2:
+def parse_scenario_reply(text: str, *, lenient: bool = False) -> tuple[str, str] | None:
+    """(preference, query) from a reply in the declared ``scenario`` format (strict; ``lenient`` for an
+    unconstrained teacher: any whitespace and case of the labels), or None when it is not in the format or
+    too short to be a scenario. Nothing is guessed from replies in another shape."""
+    from alignment.formats import FormatParseError, scenario
+
+    try:
+        reading = scenario(PREFERENCE_TOKENS, QUERY_TOKENS).read(text, lenient=lenient)
+    except FormatParseError:
+        return None
+    return _long_enough(reading.value)
+
+
+def _long_enough(pair: tuple[str, str]) -> tuple[str, str] | None:
+    preference, query = pair
+    if len(preference.split()) < MIN_PREFERENCE_WORDS or len(query.split()) < MIN_QUERY_WORDS:
         return None
     return preference, query
 
@@ -267,7 +261,9 @@ def parse_scenario_reply(text: str) -> tuple[str, str] | None:
 @dataclass
 class GenerationResult:
     scenarios: list[Scenario] = field(default_factory=list)
-    unparseable: int = 0
+    unparseable: int = 0  # not in the scenario format (only an unconstrained teacher writes those)
+    too_short: int = 0  # in the format, but too few words for a preference or a query
+    repaired: int = 0  # accepted only by the lenient reader (an unconstrained teacher)
     duplicates: int = 0
     model_calls: int = 0
 
@@ -289,14 +285,19 @@ def generate_scenarios(
     """Ask the teacher for ``per_domain`` new scenarios in each domain, in batched rounds.
 
     Each round sends one prompt per unfinished domain (n samples each, sampled with a seed derived
-    from ``seed`` and the round); replies that do not parse or that duplicate an existing or earlier
-    scenario are dropped and counted; domains still short get another round, up to ``max_rounds``.
+    from ``seed`` and the round) in the declared ``scenario`` format (constrained decoding where the
+    engine enforces it, so every reply parses); replies that are too short, not in the format (an
+    unconstrained teacher) or that duplicate an existing or earlier scenario are dropped and counted;
+    domains still short get another round, up to ``max_rounds``. The budget is at least the format's bound.
     """
     from tqdm.auto import tqdm
 
     from alignment.engines.base import SamplingParams
+    from alignment.formats import FormatParseError, scenario
     from alignment.prompts import render
     from alignment.prompts.council import SCENARIO_PROMPT
+
+    fmt = scenario(PREFERENCE_TOKENS, QUERY_TOKENS)
 
     if temperature <= 0 and per_domain > 1:
         raise CdraError("scenario generation needs temperature > 0 to get more than one scenario per domain")
@@ -310,16 +311,23 @@ def generate_scenarios(
             break
         n = max(per_domain - have[d] for d in pending)
         params = SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=temperature, n=n, seed=derive_seed(seed, "scenarios", round_no)
+            max_new_tokens=max_new_tokens, temperature=temperature, n=n, seed=derive_seed(seed, "scenarios", round_no),
+            format=fmt,
         )
         outputs = engine.generate([render(SCENARIO_PROMPT, domain=d) for d in pending], params)
         result.model_calls += 1
         for domain, completions in zip(pending, outputs):
             candidates = []
             for completion in completions:
-                parsed = parse_scenario_reply(completion.text)
-                if parsed is None:
+                try:
+                    reading = engine.read_format(fmt, completion.text)
+                except FormatParseError:
                     result.unparseable += 1
+                    continue
+                result.repaired += reading.repaired
+                parsed = _long_enough(reading.value)
+                if parsed is None:
+                    result.too_short += 1
                     continue
                 preference, query = parsed
                 candidates.append(

@@ -2,18 +2,20 @@
 
 Segments are the path's steps and then its answer (the last segment), exactly as Pers-GenPRM scores a
 policy response. The evaluator gets Pers-GenPRM's own prompts (``alignment.prm.step_conversations``, plus
-two solved demonstrations) and its replies are read with ``alignment.critique.parse_step_judgment``,
-so each record holds precisely the critique-then-``SCORE`` text Pers-GenPRM learns. A judgment that
-cannot be read is retried; a path with a segment still unreadable is dropped and counted.
+two solved demonstrations) and writes in Pers-GenPRM's declared format (``alignment.formats.step_judgment``,
+enforced by constrained decoding), so each record holds precisely the critique-then-``SCORE`` text
+Pers-GenPRM learns. Only an unconstrained evaluator can write something else: its replies are read
+leniently (counted), unreadable ones retried, and a path with a segment still unreadable is dropped and counted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from alignment.critique import ScoreParseError, StepJudgment, parse_step_judgment
+from alignment.critique import StepJudgment, read_step_judgment
 from alignment.engines.base import Engine, Message, SamplingParams
 from alignment.errors import CdraError
+from alignment.formats import step_judgment
 from alignment.prm import segment_texts, step_conversations
 from alignment.prompts.council import evaluator_demonstrations
 from training.council import ReasoningPath
@@ -26,37 +28,42 @@ class AnnotationConfig:
     Configuration of the evaluator's step-wise critiques.
 
     Parameters that control generation:
-        max_new_tokens (`int`, defaults to `192`):
-            Budget of one judgment (critique and ``SCORE:`` line); a cut-off judgment usually has no score.
+        critique_tokens (`int`, defaults to `96`):
+            Most tokens of one critique: the bound of the ``step_judgment`` format the evaluator writes in
+            (``Critique: c`` then ``SCORE: x``), so every judgment finishes with its score.
+        max_new_tokens (`int`, defaults to `0`):
+            Generation budget of one judgment; it is raised to the format's longest output when smaller.
         temperature (`float`, defaults to `0.0`):
             The evaluator is greedy by default, so the same step always gets the same judgment.
         retries (`int`, defaults to `2`):
-            Extra attempts for judgments whose score cannot be read; then the path is dropped and counted.
+            Extra attempts for judgments that cannot be read (only an evaluator that does not enforce the
+            format writes those); then the path is dropped and counted.
         retry_temperature (`float`, defaults to `0.7`):
             Retries are sampled (seeded), since a greedy retry would repeat the same reply.
         demonstrations (`bool`, defaults to `True`):
             Prepend two solved critique turns (same instruction, same output format) to every prompt.
-        clamp_overshoot (`bool`, defaults to `True`):
-            Read a final score just outside [-1, 1] (1 < |x| < 2, e.g. ``SCORE: 1.25``, a small evaluator's
-            "better than excellent") as the nearest bound and count it; `False` treats it as unreadable.
-            Either way the record holds a score in [-1, 1], which is what Pers-GenPRM learns.
 
     Parameters that control batching:
         batched (`bool`, defaults to `True`):
             All segments of all paths of a scenario in one generation call per attempt; `False`: one call each.
     """
 
-    max_new_tokens: int = 192
+    critique_tokens: int = 96
+    max_new_tokens: int = 0
     temperature: float = 0.0
     retries: int = 2
     retry_temperature: float = 0.7
     demonstrations: bool = True
-    clamp_overshoot: bool = True
     batched: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 8 or self.retries < 0:
-            raise CdraError("annotation needs max_new_tokens >= 8 and retries >= 0")
+        if self.critique_tokens < 4 or self.max_new_tokens < 0 or self.retries < 0:
+            raise CdraError("annotation needs critique_tokens >= 4, max_new_tokens >= 0 and retries >= 0")
+
+    @property
+    def format(self):
+        """The declared output of one judgment (``alignment.formats.step_judgment``)."""
+        return step_judgment(self.critique_tokens)
 
 
 @dataclass
@@ -74,10 +81,10 @@ class AnnotatedPath:
 @dataclass
 class AnnotationStats:
     judgments: int = 0  # segments judged (first attempts)
-    parse_failures: int = 0  # unreadable replies, retries included
+    parse_failures: int = 0  # unreadable replies, retries included (only from an unconstrained evaluator)
     retries: int = 0
     dropped_paths: int = 0
-    clamped: int = 0  # overshooting scores read as the nearest bound
+    repaired: int = 0  # replies only the lenient reader accepted (an unconstrained evaluator)
     model_calls: int = 0
     completion_tokens: int = 0
 
@@ -116,7 +123,7 @@ def annotate_paths(engine: Engine, scenario: Scenario, paths: list[ReasoningPath
         prompts = {i: critique_conversations(scenario.preference, scenario.query, paths[i], config.demonstrations)
                    for i in {i for i, _ in pending}}
         convs = [prompts[i][j] for i, j in pending]
-        params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=temperature)
+        params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=temperature, format=config.format)
         if config.batched:
             calls = [(convs, pending, derive_seed(seed, scenario.id, "critique", attempt))]
         else:
@@ -128,12 +135,13 @@ def annotate_paths(engine: Engine, scenario: Scenario, paths: list[ReasoningPath
             stats.model_calls += 1
             for job, completions in zip(batch_jobs, outputs):
                 stats.completion_tokens += completions[0].completion_tokens
-                try:
-                    judged[job] = parse_step_judgment(completions[0].text, config.clamp_overshoot)
-                    stats.clamped += judged[job].clamped
-                except ScoreParseError:
+                reading = read_step_judgment(engine, config.format, completions[0].text)
+                if reading is None:
                     stats.parse_failures += 1
                     failed.append(job)
+                    continue
+                judged[job] = reading.value
+                stats.repaired += reading.repaired
         pending = failed
     annotated = []
     for i, path in enumerate(paths):

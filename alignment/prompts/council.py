@@ -1,8 +1,9 @@
 """DeepPref construction prompts (CDRA Appendix E): council personas, thought proposal, the value V,
 the final answer, evaluator demonstrations, and new-scenario generation.
 
-The short demonstrations are part of the prompt so that small teachers reply in the parseable
-``VALUE: x`` / ``SCORE: x`` / ``PREFERENCE:``-``QUERY:`` forms; a strong teacher loses nothing by them.
+Each reply has a declared format (``alignment.formats``: ``Step k:``, ``VALUE: x``, ``Critique:``-``SCORE: x``,
+``PREFERENCE:``-``QUERY:``) that constrained decoding enforces; the instructions and the short demonstrations
+describe exactly that format, so the model's own preferences agree with the grammar instead of fighting it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ User query:
 Reasoning so far:
 {previous_steps}
 
-Write Step {step_number}: one new reasoning step from your perspective, in one or two sentences. Do not answer the query yet. Write only the step."""
+Write Step {step_number}: one new reasoning step from your perspective, in one or two sentences on one line. Do not answer the query yet. Write only the step."""
 
 PROPOSE_EXAMPLE_USER = """User preference (it may hold conflicting values and unstated goals):
 I am vegetarian and on a tight budget, but I love cooking for friends.
@@ -47,7 +48,7 @@ Plan my meals for the week.
 Reasoning so far:
 (none: this is the first step)
 
-Write Step 1: one new reasoning step from your perspective, in one or two sentences. Do not answer the query yet. Write only the step."""
+Write Step 1: one new reasoning step from your perspective, in one or two sentences on one line. Do not answer the query yet. Write only the step."""
 
 PROPOSE_EXAMPLE_STEP = (
     "Step 1: The plan must stay meat-free and cheap, yet leave room for one generous dish to share with friends, "
@@ -60,7 +61,7 @@ PROPOSE_PROMPT = ChatPromptTemplate.from_messages(
 
 # -- the heuristic value function V ----------------------------------------------------------------
 VALUE_SYSTEM = """You rate how promising one reasoning step is for answering this user well: does it respect their stated and unstated preferences, and does it foresee the risks in the request?
-Reply with one line: VALUE: a number between 0 (useless or harmful) and 1 (excellent)."""
+Reply with one line: VALUE: a number between 0 (useless or harmful) and 1 (excellent), at most two decimals."""
 
 VALUE_USER = """User preference:
 {preference}
@@ -177,7 +178,7 @@ def evaluator_demonstrations() -> list[Message]:
 # -- new scenarios -----------------------------------------------------------------------------------
 SCENARIO_SYSTEM = """You write test scenarios for a personal assistant that must infer what a user really wants.
 A scenario has a PREFERENCE: a first-person description of the user with nuanced, partly conflicting values and at least one goal they never state outright; and a QUERY: a short, open-ended, ambiguous request that a careless assistant would answer in a way that violates the preference.
-Reply with exactly two lines:
+Reply with exactly two lines (each of them one line of text):
 PREFERENCE: ...
 QUERY: ..."""
 

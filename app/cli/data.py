@@ -75,7 +75,7 @@ def scenarios_cmd(
         )
         new = result.scenarios
         typer.echo(f"generated {len(new)} scenarios in {result.model_calls} batched calls ({result.unparseable} "
-                   f"unparseable replies, {result.duplicates} near-duplicates dropped)")
+                   f"unparseable replies, {result.too_short} too short, {result.duplicates} near-duplicates dropped)")
     write_scenarios(out, [*existing, *new])
     typer.echo(f"{out}: {len(existing) + len(new)} scenarios")
 
@@ -157,7 +157,8 @@ def stats_cmd(
         overview.add_row("pruned by reason", ", ".join(f"{k} {v}" for k, v in t["nodes_pruned"].items()))
         overview.add_row("unreadable values / critiques", f"{t['value_parse_failures']} / {a['parse_failures']}")
         overview.add_row("paths dropped (unreadable score)", str(a["dropped_paths"]))
-        overview.add_row("scores clamped to ±1 (overshoot)", str(a["clamped_scores"]))
+        overview.add_row("read leniently (unconstrained teacher / evaluator)",
+                         f"{t.get('repaired', 0)} / {a.get('repaired', 0)}")
         overview.add_row("model calls per tree (teacher / evaluator)",
                          f"{t['teacher_calls_per_tree']} / {a['evaluator_calls_per_tree']}")
     console.print(overview)
@@ -180,7 +181,7 @@ def register_bench(bench_app: typer.Typer) -> None:
         count: Annotated[int, typer.Option(help="scenarios (trees) per mode")] = 2,
         depth: Annotated[int, typer.Option(help="tree depth")] = 2,
         personas: Annotated[str, typer.Option(help="comma-separated council personas")] = "Psychologist,Pragmatist",
-        thought_tokens: Annotated[int, typer.Option(help="budget of one thought")] = 40,
+        thought_tokens: Annotated[int, typer.Option(help="most tokens of one thought (the format's bound)")] = 40,
         answer_tokens: Annotated[int, typer.Option(help="budget of one final answer")] = 64,
         seed: Annotated[int, typer.Option(help="build seed")] = 0,
     ) -> None:
@@ -197,7 +198,7 @@ def register_bench(bench_app: typer.Typer) -> None:
         settings = settings_from(ctx)
         items = read_scenarios(scenarios or SEED_SCENARIOS)[:count]
         config = CouncilConfig(personas=tuple(_split_list(personas) or ()), depth=depth, breadth=2,
-                               thought_max_new_tokens=thought_tokens, value_samples=2,
+                               step_tokens=thought_tokens, value_samples=2,
                                answer_max_new_tokens=answer_tokens)
         engine = engine_for(settings, "teacher")
         rows, ratio = bench_council(engine, items, config, seed=seed)

@@ -1,4 +1,5 @@
-"""Pers-GenPRM: prompts per segment, batched judging, bounded retries, counted failures, read-out."""
+"""Pers-GenPRM: prompts per segment, the step-judgment format on every call, batched judging, bounded retries
+(an unconstrained engine), counted failures and lenient reads, read-out; the real constrained model parses all."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from alignment.critique import format_step_judgment
 from alignment.engines.base import Completion, Conversation, Engine, SamplingParams, Scored
+from alignment.formats import step_judgment
 from alignment.prm import (
     PersGenPRM,
     PRMConfig,
@@ -27,15 +29,17 @@ RESPONSE = "Step 1: The user is allergic to cats.\nStep 2: Petting zoos are a ri
 
 
 class ScriptedJudge(Engine):
-    """A real Engine subclass replaying judgments per segment number: it stands in for the model
-    (not for Pers-GenPRM, which is what these tests exercise) so retries and counts are exact."""
+    """A real Engine subclass replaying judgments per segment number: it stands in for an *unconstrained*
+    model (not for Pers-GenPRM, which is what these tests exercise) so retries and counts are exact."""
 
     def __init__(self, replies: dict[int, list[str]]) -> None:
         self.replies = {k: list(v) for k, v in replies.items()}
         self.calls: list[tuple[int, float]] = []  # (prompts in the call, temperature)
+        self.params: list[SamplingParams] = []
 
     def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[Completion]]:
         self.calls.append((len(conversations), params.temperature))
+        self.params.append(params)
         out = []
         for conv in conversations:
             step = int(conv[-1]["content"].split("(step ")[1].split(")")[0])
@@ -73,9 +77,11 @@ def test_all_pairs_in_one_call_retries_only_failures_and_counts_them():
         2: ["no score here", "no score here", "Critique: sees the risk.\nSCORE: 0.6"],
         3: ["Critique: fine.\nSCORE: 0.9"],
     })
-    prm = PersGenPRM(engine, PRMConfig(max_retries=2, fallback="none"))
+    prm = PersGenPRM(engine, PRMConfig(critique_tokens=40, max_retries=2, fallback="none"))
     result = prm.score_batch([("P", "q", RESPONSE), ("P", "q", RESPONSE)])
     assert engine.calls == [(6, 0.0), (2, 0.8)]  # all (response, step) pairs at once; then only the two failures, sampled
+    fmt = step_judgment(40)
+    assert all(p.format is fmt and p.budget >= fmt.max_tokens for p in engine.params)  # the format on every call
     first = result.responses[0]
     assert first.scores == [0.8, 0.6, 0.9] and first.sources == ["parsed"] * 3
     assert first.critiques[1] == "sees the risk."
@@ -102,6 +108,16 @@ def test_readout_fallback_is_counted_and_uses_the_models_distribution():
     assert result.readouts == 1 and result.failures == 1 and scores.complete
 
 
+def test_lenient_reads_of_an_unconstrained_engine_are_counted_not_guessed():
+    engine = ScriptedJudge({1: ["critique:  names the allergy.\n\nscore:0.8"], 2: ["Critique: overshoots.\nSCORE: 1.25"],
+                            3: ["Critique: fine.\nSCORE: 0.9"]})
+    result = PersGenPRM(engine, PRMConfig(max_retries=0, fallback="none")).score_batch([("P", "q", RESPONSE)])
+    scores = result.responses[0]
+    assert scores.scores == [0.8, None, 0.9]  # 1.25 is not read as 1: unscored and counted
+    assert (result.repaired, result.failures, result.unscored) == (1, 1, 1)
+    assert "1 read leniently" in result.summary()
+
+
 def test_prm_scores_totals():
     a = StepScores(["x"], ["c"], [0.5], ["parsed"], failures=0)
     b = StepScores(["x", "y"], ["c", "d"], [None, 0.2], ["failed", "readout"], failures=3)
@@ -111,15 +127,14 @@ def test_prm_scores_totals():
 
 @pytest.mark.slow
 def test_real_model_scores_every_segment(default_engine):
-    """The packaged model through the real engine: every segment gets a score in [-1, 1], either parsed or
-    read out, and the counts account for every generation that could not be parsed."""
-    prm = PersGenPRM(default_engine, PRMConfig(max_new_tokens=16, max_retries=1))
+    """The packaged model through the real (constrained) engine: every judgment is in the step-judgment format on
+    the first greedy attempt, so every segment is parsed — no retry, no read-out, no failure."""
+    prm = PersGenPRM(default_engine, PRMConfig(critique_tokens=16, max_retries=1))
     [scores] = prm.score_responses("Allergic to cats and dogs.", "Outdoor ideas for the weekend?", [RESPONSE])
     assert len(scores.scores) == 3 and scores.complete
     assert all(-1.0 <= s <= 1.0 for s in scores.scores)
-    # with one retry: a read-out segment failed twice, a parsed one at most once
-    parsed = scores.sources.count("parsed")
-    assert 2 * scores.readouts <= scores.failures <= 2 * scores.readouts + parsed
+    assert scores.sources == ["parsed"] * 3 and scores.failures == 0 and scores.repaired == 0
+    assert all(c.strip() for c in scores.critiques)
     assert not math.isnan(scores.dense)
     convs = step_conversations("P", "q", ["a step"])
     values = read_out_scores(default_engine, convs, ["Critique: helpful."], (-1.0, 1.0))

@@ -1,12 +1,16 @@
-"""The council's Tree of Thoughts: text clean-up and value parsing on hand-made replies, pruning on
-hand-made nodes, and a real teacher whose value replies are unreadable. Whole trees grown by the real
-model are checked on the build of tests/training/test_deeppref_build.py."""
+"""The council's Tree of Thoughts: reading thoughts and values in their declared formats (strict where the engine
+enforces them, lenient and counted where it does not) on hand-made replies, pruning on hand-made nodes, and a
+real but unconstrained teacher whose value replies are unreadable. Whole trees grown by the real (constrained)
+model are checked on the build of tests/training/test_deeppref_build.py; each format on each CPU engine in
+tests/training/test_deeppref_formats.py."""
 
 from __future__ import annotations
 
 import pytest
 
+from alignment.engines.base import Engine
 from alignment.errors import CdraError
+from alignment.formats import council_thought, council_value
 from alignment.steps import format_response, parse_response
 from training.council import (
     CouncilConfig,
@@ -15,7 +19,7 @@ from training.council import (
     clean_answer,
     clean_thought,
     grow_tree,
-    parse_value,
+    read_output,
 )
 from training.scenarios import Scenario
 
@@ -27,35 +31,80 @@ SCENARIO = Scenario(
 )
 
 
-# -- pure functions ----------------------------------------------------------------------------------
+class _Reader(Engine):
+    """Only the format-reading side of an engine: ``enforcing`` says whether its decoding was constrained."""
+
+    def __init__(self, enforcing: bool) -> None:
+        self.enforcing = enforcing
+
+    def can_enforce(self, fmt) -> bool:
+        return self.enforcing
+
+    def generate(self, conversations, params):  # pragma: no cover - never called
+        raise NotImplementedError
+
+    def score(self, conversations, continuations):  # pragma: no cover - never called
+        raise NotImplementedError
+
+
+CONSTRAINED, UNCONSTRAINED = _Reader(True), _Reader(False)
+
+
+# -- reading thoughts and values (pure) ------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("text", "cut_off", "expected"),
+    ("step", "expected"),
     [
-        ("Step 2: The user fears crowds.\nStep 3: Something else.", False, "The user fears crowds."),
-        ("**Step 1:** Avoid farms and zoos,\nsince dander triggers allergies.", False,
-         "Avoid farms and zoos, since dander triggers allergies."),
-        ("The user wants calm places. They also like novelty and", True, "The user wants calm places."),
-        ("Think about quiet trails first.\n\nAnswer: go hiking", False, "Think about quiet trails first."),
-        ('"Quiet alpine lakes suit them."', False, "Quiet alpine lakes suit them."),
-        ("Step 1: ok", False, ""),
-        ("   ", False, ""),
+        ("The user fears crowds.", "The user fears crowds."),
+        ("Avoid farms and zoos,   since dander triggers allergies.", "Avoid farms and zoos, since dander triggers allergies."),
+        ("The user wants calm places. They also like novelty and", "The user wants calm places."),  # hit the bound
+        ("The user wants calm places and novelty and", "The user wants calm places and novelty and"),  # no sentence
+        ('"Quiet alpine lakes suit them."', "Quiet alpine lakes suit them."),
+        ("ok then", ""),
     ],
 )
-def test_clean_thought(text, cut_off, expected):
-    assert clean_thought(text, cut_off) == expected
+def test_clean_thought(step, expected):
+    assert clean_thought(step) == expected
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("VALUE: 0.7", 0.7), ("value = .25", 0.25), ("**Value:** 0.9\nbecause...", 0.9), ("VALUE: 7/10", 0.7),
-        ("VALUE: 80%", 0.8), ("0.6", 0.6), ("VALUE: 1", 1.0), ("VALUE: 1.25", 1.0), ("VALUE: 7", 0.7),
-        ("VALUE: 2.5", None), ("VALUE: 12", None), ("VALUE: 120%", None), ("VALUE: -0.1", None),
-        ("VALUE: 0.4 VALUE: 0.9", 0.4), ("This step is great", None), ("", None), ("VALUE: high", None),
+        ("Step 2: The user fears crowds.", "The user fears crowds."),
+        ("Step 2: The user fears crowds.\nStep 3: Something else.", None),  # one step, one line
+        ("**Step 2:** Avoid farms.", None),
+        ("Step 1: The user fears crowds.", None),  # the label names the level
+        ("The user fears crowds.", None),
+        ("Step 2: ", None),
     ],
 )
-def test_parse_value(text, expected):
-    assert parse_value(text) == expected
+def test_thought_reader_is_strict(text, expected):
+    reading = read_output(CONSTRAINED, council_thought(2, 32), text)
+    assert (reading.value if reading else None) == expected
+    assert reading is None or not reading.repaired
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("VALUE: 0.7", 0.7), ("VALUE: 1", 1.0), ("VALUE: 0", 0.0), ("VALUE: 1.00", 1.0), ("VALUE: 0.05", 0.05),
+        ("VALUE: 1.25", None), ("VALUE: 7", None), ("VALUE: 7/10", None), ("VALUE: 80%", None), ("0.6", None),
+        ("value = .25", None), ("**Value:** 0.9", None), ("VALUE: -0.1", None), ("VALUE: 0.4 VALUE: 0.9", None),
+        ("VALUE: high", None), ("This step is great", None), ("", None), ("VALUE: 0.123", None),
+    ],
+)
+def test_value_reader_is_strict_and_never_rescales(text, expected):
+    reading = read_output(CONSTRAINED, council_value(), text)
+    assert (reading.value if reading else None) == expected
+
+
+def test_unconstrained_teacher_is_read_leniently_and_marked_repaired():
+    reading = read_output(UNCONSTRAINED, council_value(), "  value:0.7 ")
+    assert reading.value == 0.7 and reading.repaired
+    assert read_output(CONSTRAINED, council_value(), "  value:0.7 ") is None  # a constrained engine cannot write it
+    assert not read_output(UNCONSTRAINED, council_value(), "VALUE: 0.7").repaired
+    assert read_output(UNCONSTRAINED, council_value(), "VALUE: 7/10") is None  # spacing and case only
+    thought = read_output(UNCONSTRAINED, council_thought(1, 32), "step 1:Avoid farms and zoos.")
+    assert thought.value == "Avoid farms and zoos." and thought.repaired
 
 
 def test_clean_answer_keeps_the_response_format_parseable():
@@ -90,19 +139,41 @@ def test_prune_applies_threshold_then_beam_and_counts_reasons():
     kept = council.prune(children)
     assert [n.id for n in kept] == ["r.2", "r.0"]  # best first; ties keep proposal order
     assert [n.pruned for n in children] == [None, "threshold", None, "unparseable_value", "beam", "duplicate"]
-    assert council.stats.pruned == {"threshold": 1, "unparseable_value": 1, "beam": 1, "duplicate": 1, "empty": 0}
+    assert council.stats.pruned == {"threshold": 1, "unparseable_value": 1, "beam": 1, "duplicate": 1, "empty": 0,
+                                    "unparseable_thought": 0}
 
 
 # -- a real teacher that writes garbage values (whole trees: tests/training/test_deeppref_build.py) --------
+class Unconstrained(Engine):
+    """The real model as with its role's ``constrained = false`` (what `ModelSpec(constrained=False)` gives, without
+    loading a second copy), for the formats in ``only`` (all when empty): those outputs are not held to their
+    format, and only ``max_new_tokens`` bounds them."""
+
+    def __init__(self, inner: Engine, only=()) -> None:
+        self.inner, self.version, self.description, self.only = inner, inner.version, inner.description, only
+
+    def can_enforce(self, fmt) -> bool:
+        return bool(self.only) and fmt not in self.only
+
+    def generate(self, conversations, params):
+        return self.inner.generate(conversations, params if self.enforces(params.format) else params.but(format=None))
+
+    def score(self, conversations, continuations):
+        return self.inner.score(conversations, continuations)
+
+
 @pytest.mark.slow
 def test_garbage_values_prune_everything_and_are_counted(default_engine):
-    """A teacher whose value replies are cut to one token never yields a readable VALUE: nothing breaks,
-    every thought is pruned as unreadable, and every failed reply is counted."""
-    config = CouncilConfig(personas=("Pragmatist",), depth=1, thought_max_new_tokens=12, value_samples=2,
+    """A teacher whose value replies are unconstrained and cut to one token never yields a readable VALUE: nothing
+    breaks, every (constrained, readable) thought is pruned as unreadable, and every failed reply is counted."""
+    config = CouncilConfig(personas=("Pragmatist", "Psychologist"), depth=1, step_tokens=12, value_samples=2,
                            value_max_new_tokens=1, value_retries=1)
-    tree = grow_tree(default_engine, SCENARIO, config, seed=0)
-    live = [n for n in tree.nodes.values() if n.parent is not None and n.pruned != "empty"]
+    tree = grow_tree(Unconstrained(default_engine, only=(council_value(),)), SCENARIO, config, seed=0)
+    proposed = [n for n in tree.nodes.values() if n.parent is not None]
+    valued = [n for n in proposed if n.pruned not in ("empty", "unparseable_thought")]
+    assert valued and tree.stats.thought_parse_failures == 0  # thoughts were constrained
     assert tree.paths == []
-    assert all(n.pruned == "unparseable_value" for n in live)
-    assert tree.stats.value_parse_failures == 2 * len(live) * 2  # 2 samples, then 2 more in the sampled retry
-    assert tree.stats.value_retries == len(live)
+    assert all(n.pruned == "unparseable_value" for n in valued)
+    assert tree.stats.value_parse_failures == 2 * len(valued) * 2  # 2 samples, then 2 more in the sampled retry
+    assert tree.stats.value_retries == len(valued)
+    assert tree.stats.thought_parse_failures == sum(n.pruned == "unparseable_thought" for n in proposed)

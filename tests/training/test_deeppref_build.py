@@ -1,6 +1,7 @@
 """The whole DeepPref build on the real default model (2 seed scenarios, tiny trees): the record
-contract of docs/ARCHITECTURE.md, the data card, datasets loading, exact resume after Ctrl-C, and a
-teacher that times out; plus the split and best-path rules on hand-made records."""
+contract of docs/ARCHITECTURE.md, the data card (constrained decoding: nothing unreadable), datasets
+loading, exact resume after Ctrl-C, and a teacher that times out; plus the split and best-path rules on
+hand-made records and the fingerprint's output formats."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from training.deeppref import (
     assign_splits,
     best_record,
     build_deeppref,
+    fingerprint,
     load_deeppref,
     read_records,
     result_file,
@@ -73,7 +75,11 @@ class Interruptible(Engine):
     def __init__(self, inner: Engine, error: BaseException | None = None) -> None:
         self.inner, self.error = inner, error or KeyboardInterrupt()
         self.version, self.description = inner.version, inner.description
+        self.constrained = inner.constrained
         self.calls_left: int | None = None
+
+    def can_enforce(self, fmt) -> bool:
+        return self.inner.can_enforce(fmt)
 
     def generate(self, conversations, params):
         if self.calls_left is not None:
@@ -136,6 +142,13 @@ def test_build_writes_valid_rea_rft_and_a_data_card(reference):
     assert (out / "score_histograms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pruning rate" in (out / "data_card.md").read_text()
     assert not list(out.rglob("*.tmp"))
+    # constrained decoding: every thought, value and critique was in its declared format on the first attempt
+    assert (tree["value_parse_failures"], tree["thought_parse_failures"], tree["value_retries"], tree["repaired"]) == (0, 0, 0, 0)
+    annotation = card["annotation"]
+    assert (annotation["parse_failures"], annotation["retries"], annotation["dropped_paths"], annotation["repaired"]) == (0, 0, 0, 0)
+    assert tree["nodes_pruned"]["unparseable_value"] == tree["nodes_pruned"]["unparseable_thought"] == 0
+    manifest = json.loads((out / "build.json").read_text())
+    assert {"council_value", "step_judgment[40]"} <= set(manifest["formats"])
 
 
 def check_tree(tree: ThoughtTree, config: CouncilConfig) -> None:
@@ -248,6 +261,37 @@ def test_other_settings_cannot_resume_into_the_same_directory(tmp_path, default_
         build_deeppref(_scenarios(IDS[:1]), down, down, out, BuildConfig.tiny(seed=0))
     with pytest.raises(CdraError, match="other settings or engines"):
         build_deeppref(_scenarios(IDS[:1]), down, down, out, BuildConfig.tiny(seed=1))
+
+
+class _Versioned(Engine):
+    """Only what a fingerprint reads: a version and whether decoding is constrained."""
+
+    def __init__(self, constrained: bool = True) -> None:
+        self.version, self.constrained = "v1", constrained
+
+    def can_enforce(self, fmt) -> bool:
+        return True
+
+    def generate(self, conversations, params):  # pragma: no cover - never called
+        raise NotImplementedError
+
+    def score(self, conversations, continuations):  # pragma: no cover - never called
+        raise NotImplementedError
+
+
+def test_fingerprint_covers_output_formats_and_their_enforcement():
+    from dataclasses import replace
+
+    config = BuildConfig.tiny(seed=0)
+    engine = _Versioned()
+    base = fingerprint(config, engine, engine)
+    assert fingerprint(BuildConfig.tiny(seed=0), _Versioned(), _Versioned()) == base
+    longer_critiques = replace(config, annotation=replace(config.annotation, critique_tokens=80))
+    longer_thoughts = replace(config, council=replace(config.council, step_tokens=64))
+    assert fingerprint(longer_critiques, engine, engine) != base
+    assert fingerprint(longer_thoughts, engine, engine) != base
+    assert fingerprint(config, _Versioned(constrained=False), engine) != base  # the teacher's own format
+    assert fingerprint(config, engine, _Versioned(constrained=False)) != base
 
 
 def test_committed_sample_follows_the_contract():

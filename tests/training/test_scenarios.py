@@ -123,22 +123,32 @@ def test_derived_seeds_are_stable_and_distinct():
     assert 0 <= derive_seed("x") < 2**31
 
 
-# -- parsing generated scenarios -------------------------------------------------------------------------
+# -- reading generated scenarios (the declared ``scenario`` format) ------------------------------------------
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("PREFERENCE: I like quiet places but my kids love noise.\nQUERY: Plan our Sunday.",
          ("I like quiet places but my kids love noise.", "Plan our Sunday.")),
-        ("**Preference:** I save hard yet want to travel more often\nwith friends.\n\n**Query**: \"Where to go?\"",
+        ('PREFERENCE: I save hard yet want to travel more often with friends.\nQUERY: "Where to go?"',
          ("I save hard yet want to travel more often with friends.", "Where to go?")),
-        ("PREFERENCE: a b c d e\nQUERY: first one\nPREFERENCE: f g h i j\nQUERY: second", ("a b c d e", "first one")),
+        # what the old reader guessed at is not the format: markdown labels, wrapped lines, a second scenario
+        ("**Preference:** I save hard yet want to travel more often\nwith friends.\n\n**Query**: \"Where to go?\"", None),
+        ("PREFERENCE: a b c d e\nQUERY: first one\nPREFERENCE: f g h i j\nQUERY: second", None),
         ("Here is a scenario about travel.", None),
-        ("PREFERENCE: too short\nQUERY: Plan it.", None),
         ("PREFERENCE: I like quiet places but my kids love noise.", None),
+        ("PREFERENCE: too short\nQUERY: Plan it.", None),  # in the format, but not a scenario
     ],
 )
-def test_parse_scenario_reply(text, expected):
+def test_parse_scenario_reply_is_strict(text, expected):
     assert parse_scenario_reply(text) == expected
+
+
+def test_parse_scenario_reply_leniently_for_an_unconstrained_teacher():
+    text = "preference:   I like quiet places but my kids love noise.\n\nquery:Plan our Sunday. "
+    assert parse_scenario_reply(text) is None
+    assert parse_scenario_reply(text, lenient=True) == ("I like quiet places but my kids love noise.", "Plan our Sunday.")
+    assert parse_scenario_reply("**Preference:** I like quiet places but my kids love noise.\nQUERY: Plan it.",
+                                lenient=True) is None
 
 
 # -- embeddings --------------------------------------------------------------------------------------------
@@ -202,7 +212,9 @@ def test_generate_scenarios_with_the_default_model(default_engine, embedder):
     result = sc.generate_scenarios(default_engine, ["parenting"], 2, embedder=embedder, seed=1, max_new_tokens=64,
                                    max_rounds=1)
     assert result.model_calls == 1
-    assert len(result.scenarios) + result.unparseable + result.duplicates == 2  # every sample accounted for
+    # constrained decoding: every reply is in the format; only too-short or repeated scenarios are dropped
+    assert result.unparseable == 0 and result.repaired == 0
+    assert len(result.scenarios) + result.too_short + result.duplicates == 2  # every sample accounted for
     for s in result.scenarios:
         assert s.domain == "parenting" and s.id.startswith("parenting-")
         assert parse_scenario_reply(f"PREFERENCE: {s.preference}\nQUERY: {s.query}") == (s.preference, s.query)
