@@ -21,6 +21,9 @@ from dataclasses import dataclass
 MAX_STEPS = 5
 _STEP = re.compile(r"^[ \t>*#-]*\**\s*step\s*(\d+)\s*\**\s*[:.)-]\**\s*", re.IGNORECASE | re.MULTILINE)
 _ANSWER = re.compile(r"^[ \t>*#-]*\**\s*(?:final\s+)?answer\s*\**\s*[:.-]\**\s*", re.IGNORECASE | re.MULTILINE)
+#: the label patterns, for callers that follow a response as it streams (alignment/budget_forcing.py)
+STEP_LABEL = _STEP
+ANSWER_LABEL = _ANSWER
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,21 @@ with llama.cpp (llama-cpp-python, all cores) on the same packaged GGUF when it i
 
 Decoding is greedy on fixed prompts that invite long answers; tokens/s counts only tokens actually
 produced (a row that stops early adds nothing), and includes the short prompt's prefill.
+
+The llama.cpp anchor (``llamacpp_anchor``, also used by `cdra bench chat`) runs in a process of its own,
+with llama.cpp's default environment: this process has torch loaded and ``OMP_WAIT_POLICY=PASSIVE`` set,
+which slowed llama.cpp's OpenMP builds 3x (issue 11) and is not what llama.cpp does on its own.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -124,10 +131,10 @@ def bench_generate(
 
     ref: dict[str, float] = {}
     if llamacpp and importlib.util.find_spec("llama_cpp") is not None:
-        progress("llama.cpp on the packaged GGUF ...")
-        ref = _bench_llamacpp(packaged_gguf_path(), new_tokens, repeats)
-        report.reference = f"llama.cpp {ref.pop('version_str', '')} on {packaged_gguf_path().name}, " \
-                           f"{os.cpu_count()} threads"
+        progress("llama.cpp on the packaged GGUF, in a process of its own ...")
+        ref = llamacpp_anchor(packaged_gguf_path(), new_tokens, repeats)
+        report.reference = f"llama.cpp {ref.pop('version_str', '')} alone in its own process on " \
+                           f"{packaged_gguf_path().name}, {int(ref['threads'])} threads"
         report.numbers.update({f"llamacpp_{k}": v for k, v in ref.items()})
     elif llamacpp:
         report.reference = "llama.cpp not installed (pip install .[bench])"
@@ -144,7 +151,7 @@ def bench_generate(
             f"decode tokens/s, batch {batch} ({int(report.numbers[f'tokens_batch{batch}'])} tokens)",
             f"{ours[batch]:.1f}", f"{reference:.1f}" if reference else "", ratio(ours[batch], reference)))
     report.rows.append(Row("peak RSS of the process", f"{ours_rss:.0f} MB",
-                           f"{ref['peak_rss_mb']:.0f} MB (cumulative)" if "peak_rss_mb" in ref else ""))
+                           f"{ref['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in ref else ""))
     return report
 
 
@@ -152,24 +159,66 @@ def _produced(engine: Engine, convs: list, params: SamplingParams) -> int:
     return sum(c[0].completion_tokens for c in engine.generate(convs, params))
 
 
-def _bench_llamacpp(gguf: Path, new_tokens: int, repeats: int) -> dict[str, float]:
+def llamacpp_anchor(gguf: Path, new_tokens: int = 128, repeats: int = 3, threads: int | None = None,
+                    timeout_s: float = 900.0, max_run_s: float = 60.0) -> dict[str, float]:
+    """llama.cpp alone: a fresh process that imports only llama-cpp-python, with the environment minus the
+    OpenMP settings the cdra process makes for torch; greedy decoding of ``new_tokens`` on ``gguf`` (a run that
+    takes longer than ``max_run_s``, as on a CPU crowded by other processes, is measured on what it decoded).
+    Returns load_s, tokens_per_s (with the short prompt's prefill), decode_tokens_per_s (first to last token),
+    tokens, threads, peak_rss_mb, version_str."""
+    from alignment.engines.cpu_threads import usable_cores
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_", "KMP_"))}
+    job = {"gguf": str(gguf), "new_tokens": new_tokens, "repeats": repeats, "threads": threads or usable_cores(),
+           "max_run_s": max_run_s}
+    try:
+        done = subprocess.run([sys.executable, "-m", "alignment.engines.bench", json.dumps(job)], env=env,
+                              capture_output=True, text=True, timeout=timeout_s, check=True)
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"the llama.cpp anchor failed: {exc.stderr[-500:]}") from exc
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _own_peak_rss_mb() -> float:
+    """This process's peak RSS since its exec (VmHWM; getrusage's maxrss keeps the parent's across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def _anchor_main(job: dict) -> dict:
+    """The anchor's own process (``python -m alignment.engines.bench JOB``)."""
     import llama_cpp
 
+    threads = int(job["threads"])
     start = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, n_threads=os.cpu_count(),
-                          n_threads_batch=os.cpu_count(), verbose=False)
+    llm = llama_cpp.Llama(model_path=job["gguf"], n_ctx=1024, n_threads=threads, n_threads_batch=threads,
+                          verbose=False)
     load_s = time.perf_counter() - start
 
-    def run() -> int:
-        out = llm.create_chat_completion(messages=_conversation(PROMPTS[0]), max_tokens=new_tokens,
-                                         temperature=0.0, top_k=1)
-        return int(out["usage"]["completion_tokens"])
+    def run(tokens: int) -> tuple[int, float, float]:
+        t0 = time.perf_counter()
+        first, n = None, 0
+        for chunk in llm.create_chat_completion(messages=_conversation(PROMPTS[0]), max_tokens=tokens,
+                                                temperature=0.0, top_k=1, stream=True):
+            if chunk["choices"][0]["delta"].get("content"):
+                n += 1
+                first = first or time.perf_counter()
+            if time.perf_counter() - t0 > float(job.get("max_run_s", 60.0)):
+                break
+        end = time.perf_counter()
+        return n, n / max(end - t0, 1e-9), (n - 1) / max(end - (first or end), 1e-9)
 
-    run()  # warm-up
-    rate, produced = _median_rate(run, repeats)
+    run(8)  # warm-up
+    runs = [run(int(job["new_tokens"])) for _ in range(max(1, int(job["repeats"])))]
     llm.close()
-    return {"load_s": load_s, "tokens_per_s": rate, "tokens": produced, "peak_rss_mb": peak_rss_mb(),
-            "version_str": getattr(llama_cpp, "__version__", "")}  # type: ignore[dict-item]
+    return {"load_s": load_s, "tokens_per_s": statistics.median(r[1] for r in runs),
+            "decode_tokens_per_s": statistics.median(r[2] for r in runs), "tokens": runs[-1][0],
+            "threads": threads, "peak_rss_mb": _own_peak_rss_mb(), "version_str": getattr(llama_cpp, "__version__", "")}
 
 
 def report_table(report: BenchReport):
@@ -182,3 +231,7 @@ def report_table(report: BenchReport):
     for row in report.rows:
         table.add_row(row.measure, row.ours, row.reference, row.ratio)
     return table
+
+
+if __name__ == "__main__":
+    print(json.dumps(_anchor_main(json.loads(sys.argv[1]))))

@@ -2,13 +2,13 @@
 
 The default path is the packaged SmolLM2 GGUF itself, so no conversion is needed. Prompts use the
 GGUF's own chat template and give the same token ids as the transformers tokenizer; scoring keeps
-every position's logits (``logits_all``), which llama.cpp only fills for the tokens it evaluates.
+every position's logits (``logits_all``), generation only the last one's (a prompt's prefill then skips the
+output layer for all but its last token). Threads follow the machine per call (engines/cpu_threads.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +28,7 @@ from alignment.engines.base import (
     check_formats,
     split_assistant_prefix,
 )
+from alignment.engines.cpu_threads import pick_threads, usable_cores
 from alignment.engines.spec import ModelSpec
 from alignment.engines.tokens import TokenLogprob
 
@@ -35,31 +36,38 @@ from alignment.engines.tokens import TokenLogprob
 DEFAULT_N_CTX = 4096
 #: sampling knobs llama.cpp turns on by default that our SamplingParams do not have
 _PLAIN = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0}
+#: while streaming, the thread count is revisited every this many tokens
+_RETHREAD_EVERY = 16
 
 
 class LlamaCppEngine(Engine):
-    def __init__(self, spec: ModelSpec, version: str | None = None, n_ctx: int = DEFAULT_N_CTX) -> None:
+    def __init__(self, spec: ModelSpec, version: str | None = None, n_ctx: int = DEFAULT_N_CTX,
+                 threads: int | None = None) -> None:
+        """``threads``: a fixed thread count; ``None`` picks one per call from the machine's load."""
         try:
             import llama_cpp
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError as exc:
-            raise EngineError(f"backend=llamacpp needs llama-cpp-python ({exc}): pip install '.[bench]'") from exc
+            raise EngineError(f"backend=llamacpp needs llama-cpp-python ({exc}): run scripts/setup.sh") from exc
+        default_version = None
         if spec.path:
             path = Path(spec.path)
         else:
-            from alignment.engines.default_model import packaged_gguf_path
+            from alignment.engines.default_model import DEFAULT_MODEL_NAME, packaged_gguf_path
 
             path = packaged_gguf_path()
+            default_version = f"default:{DEFAULT_MODEL_NAME}"  # the same weights the transformers default serves
         if not path.is_file() or path.suffix != ".gguf":
             raise EngineError(f"no GGUF file at {path}: backend=llamacpp needs `path` to a .gguf file "
                               "(or none, for the packaged default)")
         if spec.adapter:
             raise EngineError("backend=llamacpp does not load PEFT adapters: merge the adapter and convert to GGUF, "
                               "or use backend=transformers")
-        threads = os.cpu_count() or 1
+        self.fixed_threads = threads
+        self._threads = threads or usable_cores()
         try:
-            self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                       logits_all=True, verbose=False)
+            self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self._threads,
+                                       n_threads_batch=self._threads, logits_all=True, verbose=False)
         except Exception as exc:
             raise EngineError(f"llama.cpp could not load {path}: {exc}") from exc
         template = self.llm.metadata.get("tokenizer.chat_template")
@@ -69,9 +77,14 @@ class LlamaCppEngine(Engine):
                                               bos_token=self._special(self.llm.token_bos()))
         self.context_window = self.llm.n_ctx()
         self.description = f"llamacpp:{path}"
-        self.version = version or hashlib.sha1(self.description.encode()).hexdigest()[:10]
+        self.version = version or default_version or hashlib.sha1(self.description.encode()).hexdigest()[:10]
         self._lock = threading.Lock()
         self._bridge = None
+        # the grammar's view of the vocabulary takes seconds to build: begin now, while the caller prepares a prompt
+        self._bridge_thread = threading.Thread(target=self._build_bridge, name="llguidance-vocab", daemon=True)
+        self._bridge_thread.start()
+        if not self.fixed_threads:
+            pick_threads()  # starts the load monitor, so the first call already knows the machine
 
     # -- constrained decoding (alignment/formats): llguidance through llama-cpp-python's logits_processor hook.
     # Not llama.cpp's own GBNF sampler: it costs ~10 ms a token here and aborts the process on a bad grammar.
@@ -85,10 +98,37 @@ class LlamaCppEngine(Engine):
 
         from alignment.formats.constrain import LlamaCppGrammarProcessor, TokenizerBridge
 
+        self._bridge_thread.join()
         if self._bridge is None:
             self._bridge = TokenizerBridge.from_llamacpp(self.llm)
         return {"logits_processor": llama_cpp.LogitsProcessorList([LlamaCppGrammarProcessor(self._bridge, params.format)]),
                 "stop": None}
+
+    # -- threads and logits ------------------------------------------------------------------------
+    def _set_threads(self) -> int:
+        """Decode with as many threads as the machine has free now (or the fixed count)."""
+        threads = self.fixed_threads or pick_threads()
+        if threads != self._threads:
+            self.llm._ctx.set_n_threads(threads, threads)
+            self._threads = threads
+        return threads
+
+    def _generating(self) -> None:
+        """Logits of the last position only: a prompt's prefill skips the output layer for all others."""
+        self.llm._logits_all = False
+        self._set_threads()
+
+    def _scoring(self) -> None:
+        self.llm._logits_all = True
+        self._set_threads()
+
+    def _build_bridge(self) -> None:
+        from alignment.formats.constrain import TokenizerBridge
+
+        try:
+            self._bridge = TokenizerBridge.from_llamacpp(self.llm)
+        except Exception:  # noqa: BLE001 - _grammar builds it again and reports the error where it is needed
+            self._bridge = None
 
     def _special(self, token_id: int) -> str:
         return self.llm.detokenize([token_id], special=True).decode("utf-8", errors="replace")
@@ -135,6 +175,7 @@ class LlamaCppEngine(Engine):
             self._check_fits(len(r), params.budget)
         results = []
         with self._lock:
+            self._generating()
             for row in rows:
                 samples = []
                 for j in range(params.n):
@@ -151,8 +192,11 @@ class LlamaCppEngine(Engine):
         row = self.prompt_ids(conversation)
         self._check_fits(len(row), params.budget)
         with self._lock:
-            for chunk in self.llm.create_completion(prompt=row, stream=True, **self._kwargs(params, 0)):
+            self._generating()
+            for i, chunk in enumerate(self.llm.create_completion(prompt=row, stream=True, **self._kwargs(params, 0))):
                 text = chunk["choices"][0]["text"]
+                if i and i % _RETHREAD_EVERY == 0 and not self.fixed_threads:
+                    self._set_threads()  # another process started (or stopped) meanwhile
                 if text:
                     yield text
 
@@ -172,6 +216,7 @@ class LlamaCppEngine(Engine):
     ) -> list[list[TokenLogprob]]:
         results = []
         with self._lock:
+            self._scoring()
             for row in (list(r) for r in rows):
                 self._check_fits(len(row), 0)
                 results.append(self._row_logprobs(row, top_k, next_token) if row else [])

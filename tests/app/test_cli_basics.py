@@ -38,10 +38,11 @@ def closed_port() -> int:
 
 @pytest.mark.slow
 def test_ask_prints_an_answer(tmp_path, model_cache):
-    result = run_cdra(["ask", "--user", "alice", "Suggest a weekend plan", "--max-new-tokens", "24"],
-                      tmp_path / "data", model_cache)
+    result = run_cdra(["ask", "--user", "alice", "I'm vegetarian. What should I cook for friends this weekend?",
+                       "--step-tokens", "16", "--answer-tokens", "32"], tmp_path / "data", model_cache)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip()
+    answer = result.stdout.strip()
+    assert answer and "no answer" not in answer and not answer.startswith("Step")  # the answer, never a notice
 
 
 def test_models_lists_the_five_roles(tmp_path, model_cache):

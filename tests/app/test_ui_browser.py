@@ -50,8 +50,8 @@ def server(tmp_path_factory, model_cache):
     env.update(
         CDRA_DATA_DIR=str(data),
         CDRA_MODEL_CACHE_DIR=str(model_cache),
-        CDRA_CHAT__MAX_NEW_TOKENS="32",
-        CDRA_CHAT__TEMPERATURE="0",
+        CDRA_CHAT__STEP_TOKENS="24",  # the default 3 steps, shorter: the screenshots show whole turns
+        CDRA_CHAT__ANSWER_TOKENS="64",
         GRADIO_ANALYTICS_ENABLED="False",
         HF_HUB_OFFLINE="1",
         NO_PROXY="*",
@@ -77,7 +77,7 @@ def server(tmp_path_factory, model_cache):
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
+    deadline = time.time() + 420  # seconds on a quiet CI machine; minutes on a shared, overloaded one
     while True:
         try:
             urllib.request.urlopen(url, timeout=5)
@@ -148,6 +148,14 @@ def chat(page, text: str, k: int) -> list[str]:
     raise AssertionError(f"turn {k} did not finish; status: {page.locator('#turn-status').inner_text()}")
 
 
+def answer_shown(page, k: int) -> str:
+    """The answer of bot bubble k as the browser shows it: the text above its folded reasoning."""
+    body = page.locator("#chatbot .message.bot").nth(k - 1).inner_text()
+    answer = body.split("Defensive reasoning")[0].strip()
+    assert answer and "thinking" not in answer and "no answer" not in answer, f"turn {k} shows no answer: {body}"
+    return answer
+
+
 def choose(page, dropdown: str, text: str) -> None:
     page.locator(f"{dropdown} input").click()
     page.get_by_role("option", name=text).first.click()
@@ -173,14 +181,17 @@ def flow(server, browser, artifacts_dir, page) -> None:
     # -- chat: two streamed turns, each with its reasoning folded under the answer ------------------------
     first = chat(page, "I'm allergic to cats. Suggest a weekend activity.", 1)
     assert len(first) >= 3, f"the answer did not stream: {first}"
+    first_answer = answer_shown(page, 1)  # a streamed turn ends with a non-empty answer, shown first
     assert "Avoids cats (allergy)" in page.locator("#prefs-used").inner_text()  # learned from the message
     second = chat(page, "Which pet would suit my small flat?", 2)
     assert len(second) >= 3
+    answer_shown(page, 2)
     assert "cats" in page.locator("#prefs-used").inner_text().lower()  # the preference used for turn 2
     folds = page.locator("#chatbot details.cdra-reasoning")
     assert folds.count() == 2
     assert not any(folds.nth(i).evaluate("el => el.open") for i in range(2))  # folded once written
     assert "Defensive reasoning" in folds.nth(1).locator("summary").inner_text()
+    assert "of at most 3" in folds.nth(1).locator("summary").inner_text()  # the step budget used
     steps_shown = [folds.nth(i).locator("li").count() for i in range(2)]
     page.locator("#chatbot .message.bot").first.hover()
     page.locator("#chatbot button[aria-label='Like']").first.click()
@@ -262,6 +273,8 @@ def flow(server, browser, artifacts_dir, page) -> None:
     log = SessionLog(default_log_path(server["data"] / "logs"))
     chat_turns = log.turns(user_id="alice", mode="chat")
     assert [t["status"] for t in chat_turns] == ["ok", "ok"]
+    assert all(t["answer"].strip() for t in chat_turns) and first_answer
+    assert all(t["meta"]["reasoning"]["budget"] for t in chat_turns)
     assert [len(t["reasoning_steps"]) for t in chat_turns] == steps_shown
     assert chat_turns[0]["feedback"] == "up" and chat_turns[1]["feedback"] is None
     assert chat_turns[1]["correction"] == "I'd rather have ideas for indoors."
@@ -274,6 +287,7 @@ def flow(server, browser, artifacts_dir, page) -> None:
     assert len(aloe) == 1 and aloe[0]["status"] == "paused" and aloe[0]["meta"]["persona"]["id"] == "runner"
     rated = log.turns(user_id="alice", session_id=aloe[0]["session_id"])
     assert [t["rating"] for t in rated] == [4, 5] and all(t["persona"]["id"] == "runner" for t in rated)
+    assert all(t["answer"].strip() for t in rated)  # ALOE turns end in an answer like the chat
     bob_turns = log.turns(user_id="bob")
     # one record per turn either way; whether the server notices the closed tab before the last token is a
     # race (the cancelled path itself is pinned in tests/app/test_assistant.py)
