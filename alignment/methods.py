@@ -222,7 +222,8 @@ def cached_generate(
     """
     metas = list(metas) if metas is not None else [{} for _ in conversations]
     sampling = {"max_new_tokens": params.max_new_tokens, "temperature": params.temperature,
-                "top_p": params.top_p, "seed": params.seed, "stop": list(params.stop)}
+                "top_p": params.top_p, "seed": params.seed, "stop": list(params.stop),
+                **({"format": params.format.name} if params.format is not None else {})}
     keys = [digest({"model": model_key, "messages": list(c), "sampling": sampling}) for c in conversations]
     found = cache.get_many(keys) if cache is not None else {}
     out: list[Generation | None] = [None] * len(conversations)

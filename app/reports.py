@@ -61,6 +61,13 @@ class ResolvedModel:
 
 
 def model_key(spec: ModelSpec, version: str | None) -> str:
+    """What answered or judged, for caches and reports; a role decoding freely (``constrained = false``) is
+    another model as far as its outputs go."""
+    key = _base_model_key(spec, version)
+    return key if spec.constrained else key + "+free"
+
+
+def _base_model_key(spec: ModelSpec, version: str | None) -> str:
     if version:
         return version
     if spec.backend == "default":
@@ -285,7 +292,13 @@ def run_eval(settings: Settings, config: EvalRunConfig) -> EvalResult:
 def _answer_all(settings: Settings, config: EvalRunConfig, items: Sequence[AlignmentItem],
                 resolved: Sequence[tuple[MethodSpec, ResolvedModel]], cache: EvalCache, stats: CallStats) -> list[dict]:
     """One answer record per (method, condition, item)."""
+    from alignment.budget_forcing import ReasoningBudget
+
     params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed)
+    chat = settings.chat
+    # the trained policy answers as the app serves it: budgeted steps, then the answer (its declared format)
+    policy_params = params.but(format=ReasoningBudget(chat.reasoning_steps, chat.step_tokens, chat.answer_tokens)
+                               .within(config.max_new_tokens).format)
     contexts: dict[str, list[ItemContext]] = {}
     for condition in config.conditions:
         if condition == "with" and config.memory_store == "chroma":
@@ -301,7 +314,7 @@ def _answer_all(settings: Settings, config: EvalRunConfig, items: Sequence[Align
         for condition in config.conditions:
             convs = [conversation(method.style, ctx, item.query) for ctx, item in zip(contexts[condition], items)]
             with _bar(len(items), f"answers {method.label} ({condition} memory)", config.progress) as bar:
-                gens = cached_generate(convs, params, model_key=model.key, engine=model.loader(settings), cache=cache,
+                gens = cached_generate(convs, policy_params if method.style == "policy" else params, model_key=model.key, engine=model.loader(settings), cache=cache,
                                        stats=stats, batch_size=config.batch_size, progress=bar.update,
                                        metas=[{"item_id": it.id, "method": method.label} for it in items])
             for item, ctx, gen in zip(items, contexts[condition], gens):

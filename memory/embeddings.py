@@ -42,8 +42,15 @@ class Embedder:
                 "or leave it unset for the packaged all-MiniLM-L6-v2")
         try:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
-            self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
+            shown = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # a "Loading weights" bar on every CLI call is noise, not progress
+            try:
+                self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
+            finally:
+                if shown:
+                    hf_logging.enable_progress_bar()
         except Exception as exc:
             raise EmbeddingError(f"cannot load the embedding model at {path}: {exc}") from exc
         self.model_dir = path

@@ -25,10 +25,12 @@ def test_statements_keep_provenance_and_merge_when_seen_again(store):
     cats = alice.get_preference(first[0])
     assert cats.text == "Avoids cats (allergy)" and cats.origin == "explicit" and cats.dimension == "health"
     assert cats.evidence == ["turn-1", "turn-9"] and cats.version == 2 and cats.updated >= cats.created
-    # a rewording with the same meaning is the same statement; a close but different one is not
+    # a rewording with the same meaning is the same statement (newer words, both evidences, in its history)
     [hike] = alice.add_preferences([_inferred("prefers", "hiking in the mountains")])
     assert alice.add_preferences([_inferred("prefers", "mountain hiking", evidence=("sig-2",))]) == [hike]
-    assert alice.get_preference(hike).evidence == ["sig-1", "sig-2"]
+    merged = alice.get_preference(hike)
+    assert merged.evidence == ["sig-1", "sig-2"] and merged.text == "Prefers mountain hiking"
+    assert [(h.action, h.previous) for h in merged.history] == [("created", ""), ("merged", "Prefers hiking in the mountains")]
     alice.add_preferences(extract_explicit("I'm allergic to peanuts.", "turn-10"))
     alice.add_preferences(extract_explicit("I'm allergic to tree nuts.", "turn-11"))
     assert len(alice.list_preferences()) == 5
@@ -61,7 +63,7 @@ def test_edited_or_deleted_statements_are_never_silently_brought_back(store):
         carol.delete_preference("pref-nope")
 
 
-def test_retrieval_cutoff_budget_and_pinned_constraints(store):
+def test_retrieval_ranks_everything_and_packs_the_budget_pinned_first(store):
     dan = store.for_user("dan")
     dan.add_preferences(extract_explicit("I'm allergic to peanuts.", "t1"))
     dan.add_preferences([_inferred("prefers", "hiking in the mountains"), _inferred("prefers", "jazz concerts"),
@@ -69,19 +71,31 @@ def test_retrieval_cutoff_budget_and_pinned_constraints(store):
     dan.add_turn("s1", "t2", "Plan a weekend hike near Zurich", "Try the Uetliberg trail.")
     dan.add_turn("s1", "t3", "Which saxophone should I buy?", "An alto sax is a good start.")
     got = dan.retrieve("Suggest a hiking trip for the weekend")
-    texts = [s.text for s, _ in got.preferences]
-    assert "Prefers hiking in the mountains" in texts and "Avoids peanuts (allergy)" in texts  # pinned: health
-    assert "Prefers jazz concerts" not in texts  # below the relevance cut-off
-    assert [t["turn_id"] for t, _ in got.turns] == ["t2"]
+    # a few statements: all of them are offered, the relevant one ranked first after the pinned allergy
+    assert [s.statement.text for s in got.considered][:2] == ["Avoids peanuts (allergy)", "Prefers hiking in the mountains"]
+    assert all(s.used for s in got.considered) and len(got.preferences) == 4
+    assert [t["turn_id"] for t, _ in got.turns] == ["t2"]  # turns keep their cosine cut-off
     scores = [score for _, score in got.preferences]
     assert scores == sorted(scores, reverse=True)
     lines = got.as_prompt_lines()
     assert lines[0].endswith(")") and any("stated by the user" in line for line in lines)
     assert any(line.startswith("Earlier conversation") for line in lines)
     tight = dan.retrieve("Suggest a hiking trip for the weekend", token_budget=12)
-    assert tight.tokens <= 12 and len(tight.preferences) + len(tight.turns) < len(got.preferences) + len(got.turns)
-    assert [s.text for s, _ in tight.preferences] == ["Avoids peanuts (allergy)"]  # safety first under a budget
+    assert tight.tokens <= 12 and [s.text for s, _ in tight.preferences] == ["Avoids peanuts (allergy)"]
+    assert {s.why.split(" (")[0] for s in tight.left_out()} == {"over the token budget"}  # said, never silently
     assert store.for_user("nobody").retrieve("hiking").as_prompt_lines() == []
+
+
+def test_beyond_the_best_few_only_relevant_statements_go_in(store):
+    eve = store.for_user("eve")
+    hobbies = ["knitting", "chess", "opera", "stamp collecting", "sudoku", "pottery", "ballet", "birdwatching",
+               "calligraphy", "origami", "karaoke", "fencing"]
+    eve.add_preferences([_inferred("prefers", h) for h in hobbies] + [_inferred("prefers", "vegetarian recipes")])
+    got = eve.retrieve("What should I cook for friends this weekend?")
+    assert got.considered[0].statement.text == "Prefers vegetarian recipes" and got.considered[0].used
+    used = [s for s in got.considered if s.used]
+    assert store.config.min_statements <= len(used) < len(got.considered)  # the best 8, then only what clears the floor
+    assert all(s.why.startswith("below the floor") for s in got.left_out())
 
 
 CRAFTED_IDS = ["alice ", "Alice", "alice\u200b", "../alice", "alice' OR '1'='1", '{"$ne": "x"}', "*",
