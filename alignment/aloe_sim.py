@@ -8,7 +8,6 @@ Personas come from formats.md JSONL, a datasets directory, or ALOE's own ``datas
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +19,9 @@ from alignment.engines.base import Engine, Message, SamplingParams
 from alignment.errors import CdraError, FormatError
 from alignment.judges import CallStats, EvalCache, Judge, aloe_turn_request
 from alignment.methods import ItemContext, Style, cached_generate, conversation, visible_reply
-from alignment.records import json_records
 from alignment.prompts import render
 from alignment.prompts.aloe import OPENING_CUE, REPLY_CUE, SIMULATED_USER_PROMPT
+from alignment.records import json_records, jsonl_values
 
 MAX_TURNS = 10
 
@@ -42,15 +41,9 @@ class Persona(BaseModel):
 def _aloe_lines(path: Path) -> list[str]:
     """ALOE's profile/personality files hold one JSON string per line."""
     texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            raise FormatError(f"{path}:{number}: expected a JSON string per line (ALOE layout)") from None
+    for where, value in jsonl_values(path):  # bad bytes or JSON: FormatError file:line
         if not isinstance(value, str) or not value.strip():
-            raise FormatError(f"{path}:{number}: expected a non-empty JSON string")
+            raise FormatError(f"{where}: expected a non-empty JSON string per line (ALOE layout)")
         texts.append(value.strip())
     return texts
 

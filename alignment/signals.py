@@ -82,19 +82,36 @@ _SIGNAL = TypeAdapter(Signal)
 
 
 class PreferenceTestItem(BaseModel):
-    """One line of the preference-inference test set: signals E, a new post x, y_w > y_l, optional persona."""
+    """One line of the preference-inference test set: signals E, a new post x, y_w > y_l, optional persona.
+
+    ``post``/``chosen``/``rejected`` are optional together: an item with only a gold preference (``golden``)
+    measures recovery, not Acc_jud / Acc_gen (docs/EVALUATION.md)."""
 
     model_config = ConfigDict(extra="allow")
 
     id: str
     signals: list[Signal]
-    post: str
-    chosen: str
-    rejected: str
+    post: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
 
     def texts(self) -> list[str]:
-        return [self.post]  # the user's own post; the replies were written by others
+        return [self.post] if self.post else []  # the user's own post; the replies were written by others
     golden: str | None = None
+
+    @model_validator(mode="after")
+    def _comparison_or_golden(self) -> "PreferenceTestItem":
+        given = [f for f in ("post", "chosen", "rejected") if getattr(self, f)]
+        if given and len(given) < 3:
+            missing = sorted({"post", "chosen", "rejected"} - set(given))
+            raise ValueError(f"a comparison needs post, chosen and rejected (missing {', '.join(missing)})")
+        if not given and not self.golden:
+            raise ValueError("an item needs a comparison (post, chosen, rejected) or a golden preference")
+        return self
+
+    @property
+    def has_comparison(self) -> bool:
+        return bool(self.post and self.chosen and self.rejected)
 
 
 def _describe(error: ValidationError) -> str:

@@ -20,13 +20,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from alignment.engines import Engine, EngineError, ModelSpec, SamplingParams, build_engine
+from alignment.budget_forcing import ReasoningBudget, ReasoningOutcome, stream_policy
+from alignment.engines import Engine, EngineError, ModelSpec, PromptTooLongError, SamplingParams, build_engine
 from alignment.errors import CdraError
 from alignment.prompts import render
-from alignment.prompts.policy import POLICY_PROMPT, REASONING_PREFIX, format_preferences, start_reasoning
+from alignment.prompts.policy import POLICY_PROMPT, format_preferences
 from alignment.steps import parse_response
 from app.settings import Settings
 from memory.session_log import SessionLog, TurnRecord, default_log_path
+from memory.tombstones import ForgottenError, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +97,10 @@ class TurnResult:
     status: Literal["ok", "error", "cancelled"] = "ok"
     error: str | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
-    finish: str = "stop"  # "stop" or "length" (cut at max_new_tokens)
+    finish: str = "stop"  # "stop" or "length" (the answer reached its own token budget)
     explicit_added: list[str] = field(default_factory=list)
+    #: how the reasoning went (alignment.budget_forcing.ReasoningOutcome.as_meta()): budget, steps, forced, path
+    reasoning: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -127,6 +131,8 @@ class AssistantConfig:
     infer_max_signals: int = 8
     infer_max_new_tokens: int = 192
     infer_retries: int = 0
+    #: at start, turns logged at least this long ago whose memory write never finished (a crash) are replayed
+    recover_after_s: float = 10.0
 
 
 # -- wiring: memory, log, engines -------------------------------------------------------------------------
@@ -178,25 +184,17 @@ def policy_engine(settings: Settings, version: str | None = None) -> Engine:
 
     if version in (None, "", "serving"):
         return engine_for(settings, "policy")
-    if version == "default":
-        return build_engine(ModelSpec(backend="default"), settings.models_dir)
+    from app.models import llamacpp_available, registered_spec
+
+    if version == "default":  # the packaged model, on llama.cpp where it is installed (as the serving default)
+        return build_engine(ModelSpec(backend="llamacpp" if llamacpp_available() else "default"), settings.models_dir)
     from training.registry import ModelRegistry
 
     try:
         model = ModelRegistry(settings.registry_dir).get("policy", version)
     except KeyError:
         raise CdraError(f"no policy version {version!r} in the registry: `cdra models` lists them") from None
-    if model.weights_dir is not None:
-        spec = ModelSpec(backend="transformers", path=str(model.weights_dir))
-    elif model.base == "default":
-        spec = ModelSpec(backend="default", adapter=str(model.adapter_dir) if model.adapter_dir else None)
-    else:
-        spec = ModelSpec(
-            backend="transformers",
-            path=model.base,
-            adapter=str(model.adapter_dir) if model.adapter_dir else None,
-        )
-    return build_engine(spec, settings.models_dir, version=model.version)
+    return build_engine(registered_spec(model), settings.models_dir, version=model.version)
 
 
 # -- background preference inference -------------------------------------------------------------------
@@ -286,6 +284,12 @@ class InferenceWorker:
         self._stop.set()
         self._wake.put(None)
 
+    def _not_forgotten(self, scope: str, signals: list[Any]) -> list[Any]:
+        """Drop signals from before the scope's user was forgotten (maybe by another process)."""
+        tombstones = getattr(self.memory, "tombstones", None)
+        forgotten = tombstones.forgotten_at(scope) if tombstones is not None else None
+        return [s for s in signals if forgotten is None or (s.time or now_iso()) >= forgotten]
+
     def _take(self) -> tuple[str, list[Any]] | None:
         with self._lock:
             for scope, signals in self._pending.items():
@@ -319,12 +323,22 @@ class InferenceWorker:
         with self._lock:
             generation = self._generation.get(scope, 0)
         try:
+            signals = self._not_forgotten(scope, signals)
+            if not signals:
+                return
             if self._inferrer is None:
                 self._inferrer = self._make_inferrer()
-            user_memory = self.memory.for_user(scope)
+            # writes belong to the oldest signal's activity: refused if the user was forgotten since
+            user_memory = self.memory.for_user(scope, as_of=min(s.time or now_iso() for s in signals))
             previous = PreferenceDescription(statements=user_memory.list_preferences())
-            result = self._inferrer.infer(signals, previous, suppressed=user_memory.suppressed())
+            from alignment.engines.cpu_threads import in_process_work
+
+            with in_process_work():  # llama.cpp leaves this core to it, should a chat turn start meanwhile
+                result = self._inferrer.infer(signals, previous, suppressed=user_memory.suppressed())
             self.runs += 1
+            with self._lock:
+                if self._generation.get(scope, 0) != generation:  # forgotten while it ran: keep nothing
+                    return
             user_memory.record_inference(
                 {
                     "signals": len(signals),
@@ -343,7 +357,12 @@ class InferenceWorker:
                 return
             with self._lock:
                 if self._generation.get(scope, 0) == generation and result.new_statements:
-                    user_memory.add_preferences(result.new_statements)
+                    from alignment.preferences import with_inference_sources
+
+                    # each statement keeps the signals it rests on and the reasoning that produced it
+                    user_memory.add_preferences(with_inference_sources(result.new_statements, signals, result.reasoning))
+        except ForgottenError:
+            log.info("preference inference for %s dropped: the user was forgotten meanwhile", scope)
         except Exception as exc:  # a background failure must never reach the chat
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -378,6 +397,10 @@ class Assistant:
             if self.config.background_inference
             else None
         )
+        try:
+            self.recover_pending()
+        except CdraError:
+            log.exception("could not replay turns whose memory write was interrupted")
 
     def _make_inferrer(self):
         from alignment.preference_inference import InferenceConfig, PreferenceInferrer
@@ -421,7 +444,8 @@ class Assistant:
         query: str,
         max_new_tokens: int,
     ) -> list[dict[str, str]]:
-        """POLICY_PROMPT with memory and the last turns; the oldest turns go first when the context is full."""
+        """POLICY_PROMPT with memory and the last turns; the oldest turns go first when the context is full.
+        The reply is not opened here: ``stream_policy`` opens it where no grammar writes the labels."""
         turns = [
             m for m in history if m.get("role") in ("user", "assistant") and str(m.get("content", "")).strip()
         ]
@@ -434,7 +458,6 @@ class Assistant:
                 history=messages,
                 query=query,
             )
-            conversation = start_reasoning(conversation)
             window = engine.context_window
             if window is None or not turns or engine.count_tokens(conversation) + max_new_tokens <= window:
                 return conversation
@@ -476,6 +499,7 @@ class Assistant:
         chat = self.settings.chat
         query = clean_message(message, chat.max_message_chars)
         scope = memory_user or user_id
+        arrived = now_iso()  # the activity time: a forget after it refuses this turn's late writes
         with self._session_slot(user_id, session_id), self._gate.turn():
             timings: dict[str, float] = {}
             started = time.perf_counter()
@@ -487,29 +511,34 @@ class Assistant:
             params = params or SamplingParams(
                 max_new_tokens=chat.max_new_tokens, temperature=chat.temperature, top_p=chat.top_p
             )
+            budget = reasoning_budget(chat, params.max_new_tokens)
             history = list(history)
-            conversation = self.build_prompt(engine, lines, history, query, params.max_new_tokens)
+            conversation = self.build_prompt(engine, lines, history, query, budget.total_tokens)
+            _check_fits(engine, conversation, budget.total_tokens)  # the client's to fix: nothing is logged
             timings["prompt"] = _ms(t)
             turn_id = uuid.uuid4().hex
             raw, status, error = "", "ok", None
             t = time.perf_counter()
             n_pieces = 0
+            outcome = ReasoningOutcome()
 
             def finish() -> TurnResult:
                 """Log what exists of the turn so far, whatever way it ended."""
                 return self._finish(user_id, session_id, turn_id, scope, mode, query, history, retrieved, raw,
-                                    engine, timings, status, error, persona, meta, n_pieces, params)
+                                    engine, timings, status, error, persona, meta, n_pieces, outcome, arrived)
 
-            pieces = engine.stream(conversation, params)
+            pieces = stream_policy(engine, conversation, budget, temperature=params.temperature,
+                                   top_p=params.top_p, seed=params.seed, outcome=outcome)
             try:
                 for delta in pieces:
                     if not delta:
                         continue
                     if not n_pieces:
                         timings["first_token"] = _ms(started)
-                        delta = REASONING_PREFIX + delta  # the reply was opened on it (start_reasoning)
                     n_pieces += 1
                     raw += delta
+                    if "first_answer_token" not in timings and _answer_started(raw):
+                        timings["first_answer_token"] = _ms(started)
                     yield TurnEvent("delta", text=raw, delta=delta)
             except GeneratorExit:
                 status, error = "cancelled", "the reader left before the answer was finished"
@@ -545,15 +574,20 @@ class Assistant:
         persona,
         meta,
         n_pieces,
-        params,
+        outcome: ReasoningOutcome,
+        arrived=None,
     ) -> TurnResult:
-        """Log the turn, store it in conversation memory, extract explicit preferences, queue inference."""
+        """Log the turn, store it in conversation memory, extract explicit preferences, queue inference.
+
+        The log comes first and says ``memory: pending`` until the memory write is done (a crash in
+        between is replayed by ``recover_pending``); a user forgotten since ``arrived`` gets neither.
+        """
         parsed = parse_response(raw)
         segments = parsed.segments
         has_answer = any(s.is_answer for s in segments)
         steps = [s.text for s in segments if not s.is_answer]
         answer = parsed.answer if has_answer else ""
-        finish = "length" if n_pieces and _tokens(engine, raw) >= params.max_new_tokens else "stop"
+        finish = outcome.finish if n_pieces else "stop"
         t = time.perf_counter()
         record = TurnRecord(
             user_id=user_id,
@@ -570,19 +604,27 @@ class Assistant:
             status=status,
             error=error,
             persona=persona,
-            meta={**(meta or {}), "finish": finish, "memory_scope": scope},
+            meta={**(meta or {}), "finish": finish, "memory_scope": scope, "reasoning": outcome.as_meta()},
             turn_id=turn_id,
+            started=arrived or "",
+            memory="pending" if status != "cancelled" else "none",
         )
+        forgotten = False
         try:
             self.log.log_turn(record)
+        except ForgottenError:
+            log.info("turn %s not logged: its user was forgotten while it was answered", turn_id)
+            forgotten = True
         except Exception:
             log.exception("could not log turn %s", turn_id)
             raise
         timings["logging"] = _ms(t)
         added: list[str] = []
-        if status != "cancelled":
+        if status != "cancelled" and not forgotten:
             t = time.perf_counter()
-            added = self._remember(scope, session_id, turn_id, query, answer, status)
+            added, state = self._remember(scope, session_id, turn_id, query, answer, status, arrived)
+            if state != "pending":
+                self.log.set_memory(user_id, turn_id, state)
             timings["memory_write"] = _ms(t)
         return TurnResult(
             answer=answer,
@@ -597,15 +639,22 @@ class Assistant:
             latency_ms=timings,
             finish=finish,
             explicit_added=added,
+            reasoning=outcome.as_meta(),
         )
 
     def _remember(
-        self, scope: str, session_id: str, turn_id: str, query: str, answer: str, status: str
-    ) -> list[str]:
-        """Explicit preferences now (the user's own words), conversation memory and inference for good turns."""
+        self, scope: str, session_id: str, turn_id: str, query: str, answer: str, status: str,
+        arrived: str | None = None,
+    ) -> tuple[list[str], str]:
+        """Explicit preferences now (the user's own words), conversation memory and inference for good turns.
+
+        Returns the explicit texts stored and the turn's memory state for the log: ``stored``,
+        ``skipped`` (the user was forgotten since the turn began) or ``pending`` (failed; replayed later).
+        """
         from alignment.explicit_extraction import extract_explicit
 
-        user_memory = self.memory.for_user(scope)
+        arrived = arrived or now_iso()
+        user_memory = self.memory.for_user(scope, as_of=arrived)
         added: list[str] = []
         try:
             found = extract_explicit(query, turn_id)
@@ -614,11 +663,33 @@ class Assistant:
                 added = [s.text for s in found]
             if status == "ok":
                 user_memory.add_turn(session_id, turn_id, query, answer)
+        except ForgottenError:
+            return [], "skipped"
         except Exception:
             log.exception("could not store turn %s in memory", turn_id)
+            return added, "pending"
         if status == "ok" and self.worker is not None:
-            self.worker.submit(scope, _turn_signal(turn_id, query, answer))
-        return added
+            self.worker.submit(scope, _turn_signal(turn_id, query, answer, time=arrived))
+        return added, "stored"
+
+    def recover_pending(self, min_age_s: float | None = None) -> int:
+        """Finish the memory writes of turns the log holds as ``pending`` (the process died after logging
+        them); only turns logged at least ``min_age_s`` ago, so another live process's turn is left alone."""
+        from datetime import UTC, datetime, timedelta
+
+        age = self.config.recover_after_s if min_age_s is None else min_age_s
+        cutoff = (datetime.now(UTC) - timedelta(seconds=age)).isoformat(timespec="milliseconds")
+        done = 0
+        for turn in self.log.pending_memory():
+            if turn["time"] > cutoff:
+                continue
+            scope = turn["meta"].get("memory_scope") or turn["user_id"]
+            _, state = self._remember(scope, turn["session_id"], turn["turn_id"], turn["query"], turn["answer"],
+                                      turn["status"], turn["time"])
+            if state != "pending":
+                self.log.set_memory(turn["user_id"], turn["turn_id"], state)
+                done += 1
+        return done
 
     # -- whole answers and feedback -----------------------------------------------------------------------
     def answer(
@@ -675,7 +746,7 @@ class Assistant:
                 added = [s.text for s in found]
         if self.worker is not None and (feedback or correction):
             self.worker.submit(
-                scope, _turn_signal(turn_id, turn["query"], turn["answer"], feedback, correction)
+                scope, _turn_signal(turn_id, turn["query"], turn["answer"], feedback, correction, time=now_iso())
             )
         return added
 
@@ -699,9 +770,10 @@ def make_responder(settings: Settings, assistant: Assistant | None = None):
         turns = [m for m in request.messages if m.get("role") in ("user", "assistant")]
         if not turns or turns[-1]["role"] != "user":
             raise MessageError("the last message must be the user's")
-        session_id = bot.log.start_session(user, "serve", {"client": "openai-api"})
+        session_id = new_session_id()  # created with the turn: a refused request leaves no row behind
         for event in bot.stream_turn(
-            user, session_id, str(turns[-1]["content"]), turns[:-1], mode="serve", params=request.params
+            user, session_id, str(turns[-1]["content"]), turns[:-1], mode="serve", params=request.params,
+            meta={"client": "openai-api"},
         ):
             if event.kind == "delta":
                 yield event.delta
@@ -712,13 +784,16 @@ def make_responder(settings: Settings, assistant: Assistant | None = None):
 
 
 def _turn_signal(
-    turn_id: str, user: str, assistant: str, feedback: str | None = None, correction: str | None = None
+    turn_id: str, user: str, assistant: str, feedback: str | None = None, correction: str | None = None,
+    time: str | None = None,
 ):
+    """A behavioral signal for inference; ``time`` is when the user acted (forgetting drops older ones)."""
     from alignment.signals import TurnSignal
 
     return TurnSignal(
         kind="turn",
         id=f"{turn_id}-{feedback or 'turn'}",
+        time=time or now_iso(),
         user=user,
         assistant=assistant,
         feedback=feedback,
@@ -726,15 +801,32 @@ def _turn_signal(
     )
 
 
+def _check_fits(engine: Engine, conversation: list[dict[str, str]], max_new_tokens: int) -> None:
+    """A prompt that cannot fit even with the history dropped is the client's to fix (too many new tokens)."""
+    window = engine.context_window
+    if window is not None:
+        n = engine.count_tokens(conversation)
+        if n + max_new_tokens > window:
+            raise PromptTooLongError(
+                f"the prompt has {n} tokens; with {max_new_tokens} new tokens it exceeds the model's context "
+                f"window of {window}: ask for fewer tokens or send a shorter message"
+            )
+
+
 def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000.0, 1)
 
 
-def _tokens(engine: Engine, text: str) -> int:
-    tokenizer = getattr(engine, "tokenizer", None)
-    if tokenizer is None:
-        return len(text) // 4
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+def reasoning_budget(chat, max_new_tokens: int | None = None) -> ReasoningBudget:
+    """The chat settings' reasoning budget, shrunk to fit ``max_new_tokens`` (a client's ``max_tokens``)."""
+    budget = ReasoningBudget(chat.reasoning_steps, chat.step_tokens, chat.answer_tokens)
+    return budget.within(max_new_tokens or chat.max_new_tokens)
+
+
+def _answer_started(raw: str) -> bool:
+    """Whether the streamed response has reached its answer's first visible character."""
+    at = raw.rfind("Answer:")
+    return at != -1 and bool(raw[at + len("Answer:") :].strip())
 
 
 def new_session_id() -> str:

@@ -2,18 +2,26 @@
 
 Served model names: ``cdra-policy`` (the assistant's policy; personalized by ``responder`` when a
 request names a ``user``) and each role name for that role's engine. Every error is OpenAI-shaped
-JSON ``{"error": {"message", "type", "param", "code"}}`` so any OpenAI client reports it cleanly.
+JSON ``{"error": {"message", "type", "param", "code"}}`` so any OpenAI client reports it cleanly;
+every input is range-checked, so a client's mistake is a 4xx, never a 500.
+
+Identity: a per-user API key (``cdra users key create NAME``) binds a request to its user, and the
+``user`` field may name only that user (an ``--admin`` key may name anyone). The shared
+``serve.api_key`` opens the models, never a user's memory. With no key configured the API serves
+loopback only and personalizes nothing (docs/SECURITY.md).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,11 +40,16 @@ from alignment.engines import (
 )
 from alignment.engines.tokens import TokenEngine, TokenLogprob, reply_logprobs
 from alignment.errors import CdraError
-from app.settings import ROLES, Settings
+from app.settings import ROLES, ServeSettings, Settings
+from app.users import UserError, UserStore, check_name
+
+log = logging.getLogger(__name__)
 
 POLICY_MODEL = "cdra-policy"
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
+#: torch and numpy seed generators take 64-bit values
+MAX_SEED = 2**63 - 1
 
 
 # -- the personalization hook -----------------------------------------------------------------------
@@ -113,7 +126,7 @@ class ChatRequest(_Body):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: bool = False
@@ -129,7 +142,7 @@ class CompletionRequest(_Body):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     stream: bool = False
@@ -223,6 +236,88 @@ def _sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+# -- who is calling ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Caller:
+    """An API request's identity: a user's key (``user`` set), the shared key, or nobody (no key configured)."""
+
+    kind: Literal["user-key", "shared-key", "anonymous"]
+    user: str | None = None
+    admin: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def keys_configured(serve: ServeSettings, users: UserStore) -> bool:
+    return bool(serve.api_key) or users.has_keys()
+
+
+def check_exposure(serve: ServeSettings, users: UserStore) -> None:
+    """Without any API key the API is open to whoever can connect: refuse to listen beyond loopback."""
+    if not is_loopback(serve.host) and not keys_configured(serve, users):
+        raise CdraError(
+            f"no API key is configured, so `cdra serve` only listens on 127.0.0.1, not {serve.host}: create "
+            "per-user keys with `cdra users key create NAME` (or set serve.api_key) to serve other machines"
+        )
+
+
+class Gatekeeper:
+    """Authenticates requests (Bearer keys, re-read from the user store on every request, so a revoked
+    key is refused at once) and decides which user's memory a request may use."""
+
+    def __init__(self, serve: ServeSettings, users: UserStore) -> None:
+        self.shared_key = serve.api_key
+        self.users = users
+
+    def caller(self, request: Request) -> Caller:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        try:
+            if not (self.shared_key or self.users.has_keys()):
+                return Caller("anonymous")  # loopback only; OpenAI clients send some key ("EMPTY") anyway
+            if not header:
+                raise APIError(401, "missing API key: send `Authorization: Bearer <key>`", code="invalid_api_key")
+            if scheme.lower() == "bearer" and token:
+                if self.shared_key and secrets.compare_digest(token.encode(), self.shared_key.encode()):
+                    return Caller("shared-key")
+                found = self.users.authenticate_key(token)
+                if found is not None:
+                    return Caller("user-key", found.user, found.admin)
+        except UserError as exc:  # the user store itself is broken: the operator's to fix
+            log.error("cannot check API keys: %s", exc)
+            raise APIError(503, "the server cannot check API keys right now", type_="server_error",
+                           code="auth_unavailable") from None
+        raise APIError(401, "invalid API key: send `Authorization: Bearer <key>` with a key from "
+                            "`cdra users key create NAME`", code="invalid_api_key")
+
+    def personal_user(self, caller: Caller, requested: str) -> str:
+        """The user whose memory a request naming ``user`` reads and writes, or a 401/403 refusal."""
+        try:
+            name = check_name(requested)
+        except UserError as exc:
+            raise APIError(400, f"`user`: {exc}", param="user", code="invalid_user") from None
+        if caller.kind == "anonymous":
+            raise APIError(401, "personalized answers (`user`) need that user's API key: create one with "
+                                f"`cdra users key create {name}` and send it as `Authorization: Bearer <key>`",
+                           code="invalid_api_key", param="user")
+        if caller.kind == "shared-key":
+            raise APIError(403, "the shared serve.api_key is not bound to a user, so it cannot use anyone's memory: "
+                                f"send {name}'s own key (`cdra users key create {name}`)",
+                           type_="permission_error", code="user_not_allowed", param="user")
+        if name != caller.user and not caller.admin:
+            raise APIError(403, f"this API key belongs to {caller.user!r}: it may not act as {name!r}",
+                           type_="permission_error", code="user_not_allowed", param="user")
+        return name
+
+
 # -- engines by served name -------------------------------------------------------------------------
 class EngineResolver:
     """Served model name -> engine. Without explicit engines, roles resolve on every request
@@ -248,22 +343,17 @@ class EngineResolver:
 
 # -- the app ----------------------------------------------------------------------------------------
 def create_app(settings: Settings, engines: dict[str, Engine] | None = None,
-               responder: Responder | None = None) -> FastAPI:
+               responder: Responder | None = None, users: UserStore | None = None) -> FastAPI:
     """The API. ``engines`` pins served names to loaded engines (tests, embedding); ``responder``
-    personalizes ``cdra-policy`` answers for requests that carry a ``user``."""
+    personalizes ``cdra-policy`` answers for requests that carry a ``user`` (with that user's key);
+    ``users`` holds the API keys (default ``<data_dir>/users.json``)."""
     app = FastAPI(title="cdra OpenAI-compatible API", version="1")
     resolver = EngineResolver(settings, engines)
-    api_key = settings.serve.api_key
+    gate = Gatekeeper(settings.serve, users or UserStore.for_data_dir(settings.data_dir))
     chat_defaults = settings.chat
 
-    def authorize(request: Request) -> None:
-        if not api_key:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-            raise APIError(401, "invalid or missing API key: send `Authorization: Bearer <key>`",
-                           code="invalid_api_key")
+    def authorize(request: Request) -> Caller:
+        return gate.caller(request)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -286,6 +376,11 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None,
         err = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
         return JSONResponse(err.body(), status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # a bug: logged here, one line there
+        log.exception("unexpected error while serving a request")
+        return JSONResponse(_error_for(exc).body(), status_code=500)
+
     def params_for(req: ChatRequest | CompletionRequest, max_new_tokens: int) -> SamplingParams:
         return SamplingParams(
             max_new_tokens=max_new_tokens,
@@ -307,14 +402,16 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None,
             {"id": name, "object": "model", "created": created, "owned_by": "cdra"} for name in resolver.names()
         ]}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    def chat_completions(req: ChatRequest):
+    @app.post("/v1/chat/completions")
+    def chat_completions(req: ChatRequest, caller: Caller = Depends(authorize)):  # noqa: B008 (FastAPI's idiom)
+        personal = responder is not None and bool(req.user) and req.model == POLICY_MODEL
+        user = gate.personal_user(caller, req.user) if personal else None  # before anything reads memory
         conversation = to_conversation(req.messages)
         engine = resolver.get(req.model)
         max_new = req.max_completion_tokens or req.max_tokens or chat_defaults.max_new_tokens
+        _check_new_tokens(engine, max_new, "max_tokens")
         params = params_for(req, max_new)
         want_logprobs = req.logprobs or bool(req.top_logprobs)
-        personal = responder is not None and bool(req.user) and req.model == POLICY_MODEL
         if want_logprobs and personal:
             raise APIError(400, "log-probabilities are not available for personalized answers: "
                                 "leave out `user` or `logprobs`", param="logprobs")
@@ -322,7 +419,7 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None,
             raise APIError(400, f"the model {req.model!r} cannot report log-probabilities", param="logprobs")
         if want_logprobs and req.stream:
             raise APIError(400, "`logprobs` with `stream` is not supported: ask without streaming", param="logprobs")
-        call = _Call(engine, conversation, params, req.model, req.user if personal else None, responder)
+        call = _Call(engine, conversation, params, req.model, user, responder)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(call.sse(include_usage), media_type="text/event-stream",
@@ -349,7 +446,10 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None,
         if req.stream:
             raise APIError(400, "streaming raw completions is not supported: use /v1/chat/completions",
                            param="stream")
+        _check_new_tokens(engine, req.max_tokens, "max_tokens")
         prompts = _prompts(engine, req)
+        for _, ids in prompts:
+            _check_token_ids(engine, ids, "prompt")
         params = params_for(req, req.max_tokens)
         for text, ids in prompts:
             if not ids:
@@ -408,6 +508,7 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None,
     @app.post("/v1/detokenize", dependencies=[Depends(authorize)], include_in_schema=False)
     def detokenize(req: DetokenizeRequest) -> dict:
         engine = _token_engine(resolver.get(req.model), req.model)
+        _check_token_ids(engine, req.tokens, "tokens")
         return {"prompt": engine.decode(req.tokens)}
 
     return app
@@ -418,6 +519,40 @@ def _token_engine(engine: Engine, name: str) -> TokenEngine:
         raise APIError(400, f"the model {name!r} serves chat only (its engine has no local tokenizer): "
                             "use /v1/chat/completions", param="model")
     return engine
+
+
+def vocab_size(engine: Engine) -> int | None:
+    """How many token ids the engine's model knows (None when it cannot tell)."""
+    llm = getattr(engine, "llm", None)
+    if llm is not None and callable(getattr(llm, "n_vocab", None)):  # llama.cpp
+        return int(llm.n_vocab())
+    sizes = []
+    model = getattr(engine, "model", None)
+    if model is not None and callable(getattr(model, "get_input_embeddings", None)):
+        sizes.append(int(model.get_input_embeddings().num_embeddings))
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is not None:
+        try:
+            sizes.append(len(tokenizer))
+        except TypeError:
+            pass
+    return min(sizes) if sizes else None
+
+
+def _check_token_ids(engine: Engine, ids: Sequence[int], param: str) -> None:
+    size = vocab_size(engine)
+    bad = next((t for t in ids if t < 0 or (size is not None and t >= size)), None)
+    if bad is not None:
+        limit = f"0 to {size - 1}" if size is not None else "non-negative"
+        raise APIError(400, f"`{param}` holds the token id {bad}, which the model does not have: ids are {limit}",
+                       param=param, code="invalid_token_id")
+
+
+def _check_new_tokens(engine: Engine, max_new: int, param: str) -> None:
+    window = engine.context_window
+    if window is not None and max_new >= window:
+        raise APIError(400, f"{param}={max_new} leaves no room for the prompt in the model's context window of "
+                            f"{window} tokens: ask for fewer", param=param, code="context_length_exceeded")
 
 
 def _prompts(engine: TokenEngine, req: CompletionRequest) -> list[tuple[str | None, list[int]]]:

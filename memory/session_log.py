@@ -2,7 +2,11 @@
 answered, with feedback and ratings as appended events; exported as JSONL for retraining.
 
 Every read or write that names a turn or a session also names the user, and only that user's rows
-match: one user can never rate, read or delete another user's turns through this API.
+match: one user can never rate, read or delete another user's turns through this API. Forgetting a
+user leaves a tombstone in the same transaction: a turn that began before it is refused when it is
+logged later (memory/tombstones.py). Each turn records whether it reached the vector memory
+(``memory``: none | pending | stored | skipped), so a crash between the two is found and replayed.
+The file and its WAL are private to their owner (0600), its directory is created 0700.
 """
 
 from __future__ import annotations
@@ -21,12 +25,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alignment.errors import CdraError
+from memory.private_files import private_dir, private_sqlite
+from memory.tombstones import forgotten_at_in, refuse_if_forgotten, user_key
+from memory.tombstones import stamp as _stamp
 
 Mode = Literal["chat", "ask", "serve", "aloe", "bench"]
 TurnStatus = Literal["ok", "error", "cancelled"]
 Feedback = Literal["up", "down"]
 MODES = ("chat", "ask", "serve", "aloe", "bench")
 SESSION_STATUSES = ("active", "paused", "finished")
+#: whether a turn reached the vector memory: not meant to | being written | written | not written (forgotten)
+MEMORY_STATES = ("none", "pending", "stored", "skipped")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -65,6 +74,10 @@ CREATE TABLE IF NOT EXISTS events (
     time    TEXT NOT NULL,
     kind    TEXT NOT NULL,
     value   TEXT
+);
+CREATE TABLE IF NOT EXISTS forgotten (
+    user_key TEXT PRIMARY KEY,
+    time     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS turns_user_time ON turns(user_id, time);
 CREATE INDEX IF NOT EXISTS turns_session ON turns(session_id, idx);
@@ -115,6 +128,10 @@ class TurnRecord:
     meta: dict[str, Any] = field(default_factory=dict)
     turn_id: str = ""
     time: str = ""
+    #: when the user's message arrived (default: ``time``); refused if the user was forgotten after it
+    started: str = ""
+    #: ``pending`` when the caller will write the turn to the vector memory next (see ``set_memory``)
+    memory: str = "none"
 
 
 class SessionLog:
@@ -122,9 +139,11 @@ class SessionLog:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.parent.exists():
+            private_dir(self.path.parent)
         self._lock = threading.RLock()
         try:
+            private_sqlite(self.path)  # 0600 before SQLite writes anything; its -wal and -shm inherit the mode
             self._db = sqlite3.connect(
                 str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
             )
@@ -136,8 +155,14 @@ class SessionLog:
             self._db.execute("PRAGMA secure_delete=ON")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+            self._migrate()
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise CdraError(f"cannot open the session log {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(turns)")}
+        if "memory" not in columns:  # logs written before turns recorded what reached memory
+            self._db.execute("ALTER TABLE turns ADD COLUMN memory TEXT NOT NULL DEFAULT 'none'")
 
     # -- plumbing ----------------------------------------------------------------------------------
     @contextmanager
@@ -216,13 +241,20 @@ class SessionLog:
 
     # -- turns -------------------------------------------------------------------------------------
     def log_turn(self, record: TurnRecord) -> str:
-        """Append one turn atomically; its session is created on first use (``cdra ask``, ``serve``)."""
+        """Append one turn atomically; its session is created on first use (``cdra ask``, ``serve``).
+
+        Raises ForgottenError (nothing written) if the user was forgotten after the turn ``started``.
+        """
         _check_mode(record.mode)
         if record.status not in ("ok", "error", "cancelled"):
             raise CdraError(f"turn status must be ok, error or cancelled, not {record.status!r}")
+        if record.memory not in MEMORY_STATES:
+            raise CdraError(f"turn memory state must be one of {', '.join(MEMORY_STATES)}, not {record.memory!r}")
         turn_id = record.turn_id or uuid.uuid4().hex
         stamp = record.time or now_iso()
+        started = _stamp(record.started or stamp)
         with self._write() as db:
+            refuse_if_forgotten(forgotten_at_in(db, record.user_id), record.user_id, started)
             owner = db.execute(
                 "SELECT user_id FROM sessions WHERE session_id=?", (record.session_id,)
             ).fetchone()
@@ -238,7 +270,8 @@ class SessionLog:
             ).fetchone()[0]
             db.execute(
                 "INSERT INTO turns(turn_id, session_id, user_id, idx, time, mode, query, history, retrieved, steps, answer,"
-                " raw, model_versions, latency_ms, status, error, persona, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " raw, model_versions, latency_ms, status, error, persona, meta, memory)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     turn_id,
                     record.session_id,
@@ -258,10 +291,28 @@ class SessionLog:
                     record.error,
                     _dumps(record.persona) if record.persona is not None else None,
                     _dumps(record.meta),
+                    record.memory,
                 ),
             )
             db.execute("UPDATE sessions SET updated=? WHERE session_id=?", (stamp, record.session_id))
         return turn_id
+
+    def set_memory(self, user_id: str, turn_id: str, state: str) -> None:
+        """Record whether the turn reached the vector memory (``stored``, or ``skipped`` when forgotten)."""
+        if state not in MEMORY_STATES:
+            raise CdraError(f"turn memory state must be one of {', '.join(MEMORY_STATES)}, not {state!r}")
+        with self._write() as db:
+            db.execute("UPDATE turns SET memory=? WHERE turn_id=? AND user_id=?", (state, turn_id, user_id))
+
+    def pending_memory(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Turns logged but not yet written to memory (the process died in between), oldest first."""
+        rows = self._query("SELECT * FROM turns WHERE memory='pending' ORDER BY time, idx LIMIT ?", (limit,))
+        return [_turn_dict(r) for r in rows]
+
+    def forgotten_at(self, user_id: str) -> str | None:
+        """When ``user_id`` (or the user owning a ``user__…`` scope) was last forgotten here, if ever."""
+        with self._lock:
+            return forgotten_at_in(self._db, user_id)
 
     def _append_event(self, user_id: str, turn_id: str, kind: str, value: str | None) -> None:
         with self._write() as db:
@@ -384,8 +435,17 @@ class SessionLog:
         return len(turns)
 
     def forget_user(self, user_id: str) -> int:
-        """Delete every session, turn and event of one user (what "forget me" means); returns turns deleted."""
+        """Delete every session, turn and event of one user (what "forget me" means); returns turns deleted.
+
+        A tombstone is written in the same transaction: a turn of this user that began before now and is
+        logged later (an answer still streaming, another process) is refused.
+        """
         with self._write() as db:
+            db.execute(
+                "INSERT INTO forgotten(user_key, time) VALUES (?, ?) "
+                "ON CONFLICT(user_key) DO UPDATE SET time = MAX(time, excluded.time)",
+                (user_key(user_id), now_iso()),
+            )
             db.execute("DELETE FROM events WHERE user_id=?", (user_id,))
             n = db.execute("DELETE FROM turns WHERE user_id=?", (user_id,)).rowcount
             db.execute("DELETE FROM sessions WHERE user_id=?", (user_id,))
@@ -458,6 +518,7 @@ def _turn_dict(row: sqlite3.Row) -> dict[str, Any]:
         "error": row["error"],
         "persona": json.loads(row["persona"]) if row["persona"] else None,
         "meta": json.loads(row["meta"]),
+        "memory": row["memory"],
     }
 
 

@@ -18,7 +18,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +25,10 @@ import numpy as np
 
 from alignment.errors import CdraError, FormatError
 from alignment.preferences import (
+    Evidence,
+    HistoryEntry,
     PreferenceStatement,
+    edited,
     is_suppressed,
     now_iso,
     reinforce,
@@ -36,9 +38,15 @@ from alignment.preferences import (
 )
 from memory.config import MemoryConfig
 from memory.embeddings import Embedder, get_embedder
+from memory.private_files import private_dir, private_tree
+from memory.retrieval import Retrieval, Scored, pack, score_statements
+from memory.situations import applies_to
+from memory.tombstones import ChromaTombstones, ForgottenError, Tombstones, stamp
 
 EXPORT_FORMAT = "cdra-memory"
 EXPORT_VERSION = 1
+#: beside chroma's own files: when each user was forgotten (memory/tombstones.py)
+TOMBSTONE_FILE = "cdra-forgotten.sqlite3"
 _T = TypeVar("_T")
 
 
@@ -63,33 +71,7 @@ def check_user_id(user_id: object) -> str:
     return user_id
 
 
-@dataclass
-class Retrieval:
-    """What memory offers for one query: statements and past turns with their cosine similarity."""
-
-    preferences: list[tuple[PreferenceStatement, float]] = field(default_factory=list)
-    turns: list[tuple[dict, float]] = field(default_factory=list)
-    tokens: int = 0
-
-    def preference_texts(self) -> list[str]:
-        return [s.text for s, _ in self.preferences]
-
-    def as_prompt_lines(self) -> list[str]:
-        """Lines for the policy prompt: statements first (marked stated or inferred), then past turns."""
-        return [_preference_line(s) for s, _ in self.preferences] + [_turn_line(t) for t, _ in self.turns]
-
-
-def _preference_line(statement: PreferenceStatement) -> str:
-    how = "stated by the user" if statement.explicit else f"inferred, confidence {statement.confidence:.1f}"
-    return f"{statement.text} ({how})"
-
-
-def _turn_line(turn: dict, max_chars: int = 300) -> str:
-    def cut(text: str) -> str:
-        text = " ".join(str(text).split())
-        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
-
-    return f"Earlier conversation: user said \"{cut(turn.get('user', ''))}\"; you replied \"{cut(turn.get('assistant', ''))}\""
+__all__ = ["Retrieval", "Scored", "UserMemory", "VectorMemory"]  # Retrieval lives in memory/retrieval.py
 
 
 def _wrap(what: str, fn: Callable[[], _T]) -> _T:
@@ -110,6 +92,16 @@ class VectorMemory:
         self.persist_dir = Path(persist_dir)
         self._embedder = embedder
         self.client = self._connect()
+        if self.embedded:
+            self._secure_files()
+            self.tombstones: Tombstones | ChromaTombstones = Tombstones(self.persist_dir / TOMBSTONE_FILE)
+        else:  # beside the collections on the server: every process using it sees them, nothing is local
+            self.tombstones = ChromaTombstones(self.client)
+
+    def _secure_files(self) -> None:
+        """The store's directory 0700, its files 0600 (index directories chroma adds are handled after writes)."""
+        private_dir(self.persist_dir)
+        self._secured = private_tree(self.persist_dir, getattr(self, "_secured", None))
 
     @property
     def embedded(self) -> bool:
@@ -145,9 +137,13 @@ class VectorMemory:
         except Exception as exc:
             raise MemoryUnavailableError(f"cannot open the vector memory at {self.persist_dir}: {exc}") from exc
 
-    def for_user(self, user_id: str) -> "UserMemory":
-        """The memory of one user; nothing reachable from it belongs to anyone else."""
-        return UserMemory(self, check_user_id(user_id))
+    def for_user(self, user_id: str, as_of: str | None = None) -> "UserMemory":
+        """The memory of one user; nothing reachable from it belongs to anyone else.
+
+        ``as_of``: when the activity behind this handle's writes happened (default: now). Writes are
+        refused with ForgottenError if the user was forgotten after it (memory/tombstones.py).
+        """
+        return UserMemory(self, check_user_id(user_id), as_of)
 
     def users(self) -> list[str]:
         """User ids that have a memory (read from each collection's metadata)."""
@@ -167,9 +163,10 @@ class VectorMemory:
 class UserMemory:
     """One user's memory. Every method reads or writes only that user's two collections, checked by user id."""
 
-    def __init__(self, store: VectorMemory, user_id: str) -> None:
+    def __init__(self, store: VectorMemory, user_id: str, as_of: str | None = None) -> None:
         self.store = store
         self.user_id = user_id
+        self.as_of = stamp(as_of)
         self.name = collection_name(user_id)
         self.turns_name = collection_name(user_id, "t")
         self.config = store.config
@@ -205,6 +202,7 @@ class UserMemory:
                 turns: bool = False) -> None:
         if not ids:
             return
+        self.store.tombstones.check(self.user_id, self.as_of)
         col = self._get(create=True, turns=turns)
         batch = max(1, _wrap("reading the batch size", lambda: self.store.client.get_max_batch_size()))
         for start in range(0, len(ids), batch):
@@ -212,6 +210,17 @@ class UserMemory:
             docs = None if documents is None else documents[start:stop]
             _wrap("writing records", lambda s=start, e=stop, d=docs: col.upsert(
                 ids=ids[s:e], embeddings=vectors[s:e], documents=d, metadatas=metadatas[s:e]))
+        self._after_write()
+
+    def _after_write(self) -> None:
+        """New index files private; and if a forget (another process) landed during the write, undo it."""
+        if self.store.embedded:
+            self.store._secure_files()
+        try:
+            self.store.tombstones.check(self.user_id, self.as_of)
+        except ForgottenError:
+            self._erase()
+            raise
 
     def _records(self, kind: str, include_embeddings: bool = False, extra: dict | None = None) -> dict:
         turns = kind == "turn"
@@ -232,14 +241,21 @@ class UserMemory:
         return {"stance": statement.stance, "dimension": statement.dimension, "subject": statement.subject,
                 "evidence": json.dumps(statement.evidence), "confidence": float(statement.confidence),
                 "origin": statement.origin, "created": statement.created, "updated": statement.updated,
-                "version": int(statement.version)}
+                "version": int(statement.version),
+                "sources": json.dumps([e.model_dump() for e in statement.sources], ensure_ascii=False),
+                "history": json.dumps([h.model_dump() for h in statement.history], ensure_ascii=False),
+                "applies_to": json.dumps(statement.applies_to)}
 
     @staticmethod
     def _from_record(record_id: str, document: str, meta: dict) -> PreferenceStatement:
+        """A stored statement; records written before sources/history/applies_to existed read them as empty."""
         return PreferenceStatement(id=record_id, text=document, stance=meta["stance"], dimension=meta["dimension"],
                                    subject=meta.get("subject", ""), evidence=json.loads(meta.get("evidence", "[]")),
                                    confidence=meta["confidence"], origin=meta["origin"], created=meta["created"],
-                                   updated=meta["updated"], version=meta["version"])
+                                   updated=meta["updated"], version=meta["version"],
+                                   sources=_json_models(meta.get("sources"), Evidence),
+                                   history=_json_models(meta.get("history"), HistoryEntry),
+                                   applies_to=[str(a) for a in _json_models(meta.get("applies_to"), None)])
 
     def _statements_with_vectors(self) -> tuple[list[PreferenceStatement], np.ndarray]:
         rec = self._records("preference", include_embeddings=True)
@@ -261,29 +277,34 @@ class UserMemory:
     def add_preferences(self, statements: Sequence[PreferenceStatement]) -> list[str]:
         """Store statements, merging with what is there; returns the ids stored (new or updated).
 
-        The same statement found again is reinforced (evidence joined, version + 1); a conflicting one
-        replaces the stored one only if it wins (alignment.preferences.wins); inferred statements the user
-        deleted or edited away are skipped. An explicit restatement by the user lifts such a suppression.
+        Two statements are the same only when they say the same about the same subject
+        (``alignment.preferences.same_subject``: same id or the same subject words; never "close
+        embeddings", which cannot tell penicillin from amoxicillin). The same statement found again is
+        reinforced (both evidences kept, the newer wording, version + 1, the merge in its history); a
+        conflicting one replaces the stored one only if it wins (alignment.preferences.wins); inferred
+        statements the user deleted or edited away are skipped. An explicit restatement by the user lifts
+        such a suppression.
         """
         if not statements:
             return []
-        existing, vectors = self._statements_with_vectors()
+        existing = self.list_preferences()
         suppressed = self.suppressed()
-        new_vectors = self.store.embedder.embed([s.text for s in statements])
-        known = {s.text: v for s, v in zip(existing, vectors)} | {s.text: v for s, v in zip(statements, new_vectors)}
         when = now_iso()
         changed: dict[str, PreferenceStatement] = {}
         lifted: list[str] = []
-        for statement, vector in zip(statements, new_vectors):
+        for statement in statements:
             if statement.origin == "inferred" and is_suppressed(statement, suppressed):
                 continue
             if statement.origin != "inferred":
                 lifted += [t for t in suppressed if is_suppressed(statement, [t])]
-            match = self._match(statement, vector, existing, vectors)
+            match = self._match(statement, existing)
             if match is None:
                 stored = statement
+                if not stored.history:
+                    stored = stored.model_copy(update={"history": [HistoryEntry(
+                        time=stored.created, action="created", text=stored.text, evidence=list(stored.evidence),
+                        origin=stored.origin)]})
                 existing.append(stored)
-                vectors = np.vstack([vectors.reshape(-1, vector.shape[0]), vector[None, :]])
             else:
                 old = existing[match]
                 if old.stance == statement.stance:
@@ -297,32 +318,52 @@ class UserMemory:
         if lifted:
             self._unsuppress(lifted)
         ordered = list(changed.values())
-        self._write_statements(ordered, known)
+        self._write_statements(ordered, shared_quotes=_shared_quotes(existing))
         return [s.id for s in ordered]
 
-    def _match(self, statement: PreferenceStatement, vector: np.ndarray, existing: list[PreferenceStatement],
-               vectors: np.ndarray) -> int | None:
+    @staticmethod
+    def _match(statement: PreferenceStatement, existing: list[PreferenceStatement]) -> int | None:
+        """The stored statement about the same subject (same id first), if any."""
+        for i, old in enumerate(existing):
+            if old.id == statement.id:
+                return i
         for i, old in enumerate(existing):
             if same_subject(old, statement):
                 return i
-        if len(existing) and vectors.size:
-            sims = vectors @ vector
-            best = int(np.argmax(sims))
-            if float(sims[best]) >= self.config.duplicate_similarity:
-                return best
         return None
 
+    def statement_vectors(self, statements: Sequence[PreferenceStatement],
+                          shared_quotes: frozenset[str] = frozenset()) -> np.ndarray:
+        """What a statement is found by: its text and, when it has one, the user's quoted words (the
+        sentence often says more than the statement: "…restaurants… due to a severe gluten intolerance").
+        A sentence several statements were read from ("I'm vegetarian and I hate long answers") would
+        blur each of them with the others: ``shared_quotes`` are left out."""
+        texts = [s.text for s in statements]
+        quotes = [next((e.quote for e in reversed(s.sources) if e.quote and e.quote != s.text
+                        and e.quote not in shared_quotes), "") for s in statements]
+        unique = list(dict.fromkeys(t for t in texts + quotes if t))
+        embedded = dict(zip(unique, self.store.embedder.embed(unique)))
+        rows = []
+        for text, quote in zip(texts, quotes):
+            vector = embedded[text] + (embedded[quote] if quote else 0.0)
+            rows.append(vector / max(float(np.linalg.norm(vector)), 1e-12))
+        return np.stack(rows).astype(np.float32)
+
     def _write_statements(self, statements: Sequence[PreferenceStatement],
-                          known: dict[str, np.ndarray] | None = None) -> None:
-        """Upsert statements; ``known`` maps texts already embedded to their vectors (embedding is the slow part)."""
+                          shared_quotes: frozenset[str] | None = None) -> list[PreferenceStatement]:
+        """Upsert statements with their vectors and the situations they apply to (written now, for people;
+        answer style and privacy apply to every answer)."""
         if not statements:
-            return
-        known = dict(known or {})
-        missing = [s.text for s in statements if s.text not in known]
-        known.update(zip(missing, self.store.embedder.embed(missing)))
-        vectors = np.stack([known[s.text] for s in statements])
+            return []
+        vectors = self.statement_vectors(statements, _shared_quotes(statements) if shared_quotes is None
+                                         else shared_quotes)
+        answer_wide = {"style", "privacy"}
+        statements = [s.model_copy(update={"applies_to": ["every answer"] if s.dimension in answer_wide
+                                           else applies_to(v, self.store.embedder)})
+                      for s, v in zip(statements, vectors)]
         metas = [{**self._base_meta("preference"), **self._to_meta(s)} for s in statements]
         self._upsert([s.id for s in statements], vectors, [s.text for s in statements], metas)
+        return statements
 
     def edit_preference(
         self,
@@ -345,15 +386,13 @@ class UserMemory:
         new_subject = subject or (None if text else old.subject)
         if text is None and (stance or subject):
             text = f"{'Prefers' if new_stance == 'prefers' else 'Avoids'} {new_subject}"
-        updated = PreferenceStatement(
+        updated = edited(old, PreferenceStatement(
             id=old.id, text=(text or old.text), stance=new_stance, dimension=dimension or old.dimension,  # type: ignore[arg-type]
             subject=new_subject or "", evidence=old.evidence,
-            confidence=1.0 if confidence is None else confidence, origin="user_edit",
-            created=old.created, updated=now_iso(), version=old.version + 1)
+            confidence=1.0 if confidence is None else confidence, origin="user_edit", created=old.created))
         if updated.text != old.text or updated.stance != old.stance:
             self._suppress([old.text])
-        self._write_statements([updated])
-        return updated
+        return self._write_statements([updated])[0]
 
     def delete_preference(self, statement_id: str) -> None:
         """Remove one statement; its text is suppressed so inference does not silently bring it back."""
@@ -445,40 +484,49 @@ class UserMemory:
         return [(i, d, m, 1.0 - float(dist)) for i, d, m, dist in hits if (m or {}).get("user_id") == self.user_id]
 
     def retrieve(self, query: str, top_k: int | None = None, token_budget: int | None = None) -> Retrieval:
-        """Statements and past turns relevant to ``query``: cosine similarity >= the cut-off, at most
-        ``top_k`` of each, packed into ``token_budget`` tokens (statements first, pinned dimensions such
-        as health and privacy before the rest, then by similarity)."""
+        """What the prompt gets for ``query``: the user's statements ranked by relevance and packed into
+        ``token_budget`` tokens (memory/retrieval.py: pinned dimensions first, the best
+        ``min_statements`` whatever their score, the rest above ``statement_floor``), then at most
+        ``top_k`` past turns with cosine >= ``relevance_cutoff`` in what is left of the budget.
+        ``Retrieval.considered`` keeps every statement's score and why it was or was not used."""
         cfg = self.config
         k = top_k or cfg.top_k
         budget = token_budget or cfg.token_budget
         if not query.strip() or (self._get(create=False) is None and self._get(create=False, turns=True) is None):
             return Retrieval()
         vector = self.store.embedder.embed([query])[0]
-        prefs = {i: (self._from_record(i, d, m), s) for i, d, m, s in self._query(vector, k, "preference")
-                 if s >= cfg.relevance_cutoff}
-        if cfg.pinned_dimensions:
-            rec = self._records("preference", include_embeddings=True,
-                                extra={"dimension": {"$in": list(cfg.pinned_dimensions)}})
-            for i, d, m, e in zip(rec["ids"], rec["documents"], rec["metadatas"], rec["embeddings"]):
-                prefs.setdefault(i, (self._from_record(i, d, m), float(np.dot(vector, np.asarray(e)))))
+        statements, vectors = self._candidates(vector)
+        scored = score_statements(vector, statements, vectors, self.store.embedder, cfg)
         turns = [(self._turn(m), s) for _, _, m, s in self._query(vector, k, "turn") if s >= cfg.relevance_cutoff]
-        pinned = set(cfg.pinned_dimensions)
-        ranked = sorted(prefs.values(), key=lambda p: (p[0].dimension in pinned, p[1]), reverse=True)
-        out, used = Retrieval(), 0
-        count = self.store.embedder.count_tokens
-        for statement, score in ranked:
-            cost = count(_preference_line(statement))
-            if used + cost <= budget:
-                out.preferences.append((statement, score))
-                used += cost
-        for turn, score in sorted(turns, key=lambda t: t[1], reverse=True):
-            cost = count(_turn_line(turn))
-            if used + cost <= budget:
-                out.turns.append((turn, score))
-                used += cost
-        out.preferences.sort(key=lambda p: p[1], reverse=True)
-        out.tokens = used
-        return out
+        return pack(scored, turns, budget, self.store.embedder.count_tokens, cfg)
+
+    def _candidates(self, vector: np.ndarray) -> tuple[list[PreferenceStatement], np.ndarray]:
+        """Every statement of the user (they are few: scored exactly); past ``max_scan`` of them, the
+        ``max_scan`` nearest by the index plus every statement of a pinned dimension."""
+        cfg = self.config
+        col = self._get(create=False)
+        if col is None:
+            return [], np.zeros((0, self.store.embedder.dim), dtype=np.float32)
+        rec = _wrap("reading records", lambda: col.get(where=self._where("preference"), limit=cfg.max_scan + 1,
+                                                       include=["documents", "metadatas", "embeddings"]))
+        if len(rec["ids"]) > cfg.max_scan:
+            rec = {"ids": [], "documents": [], "metadatas": [], "embeddings": []}
+            res = _wrap("querying", lambda: col.query(query_embeddings=vector[None, :], n_results=cfg.max_scan,
+                                                      where=self._where("preference"),
+                                                      include=["documents", "metadatas", "embeddings"]))
+            for key in rec:
+                rec[key] = list(res[key][0])
+            if cfg.pinned_dimensions:
+                pinned = self._records("preference", include_embeddings=True,
+                                       extra={"dimension": {"$in": list(cfg.pinned_dimensions)}})
+                for i, d, m, e in zip(pinned["ids"], pinned["documents"], pinned["metadatas"], pinned["embeddings"]):
+                    if i not in rec["ids"]:
+                        for key, value in zip(("ids", "documents", "metadatas", "embeddings"), (i, d, m, e)):
+                            rec[key].append(value)
+        keep = [n for n, m in enumerate(rec["metadatas"]) if (m or {}).get("user_id") == self.user_id]
+        statements = [self._from_record(rec["ids"][n], rec["documents"][n], rec["metadatas"][n]) for n in keep]
+        vectors = np.asarray([rec["embeddings"][n] for n in keep], dtype=np.float32)
+        return statements, vectors.reshape(len(keep), -1) if keep else np.zeros((0, self.store.embedder.dim))
 
     # -- export / import / forget ----------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
@@ -501,8 +549,9 @@ class UserMemory:
             raise FormatError(f"memory export: bad preference record: {exc}") from None
         turns = data.get("turns", [])
         suppressed = data.get("suppressed", [])
-        if not isinstance(turns, list) or not all(isinstance(t, dict) and "user" in t for t in turns):
-            raise FormatError("memory export: `turns` must be a list of objects with a `user` field")
+        if not isinstance(turns, list) or not all(_export_turn_ok(t) for t in turns):
+            raise FormatError("memory export: `turns` must be a list of objects with a `user` text "
+                              "(and text `assistant`, `session_id`, `turn_id`, `time` if present)")
         if not isinstance(suppressed, list) or not all(isinstance(t, str) for t in suppressed):
             raise FormatError("memory export: `suppressed` must be a list of strings")
         self._write_statements(statements)
@@ -517,8 +566,15 @@ class UserMemory:
         Embedded store: after ``delete_collection`` the segment directories are removed, the full-text
         index is merged and the SQLite file vacuumed (deleted rows otherwise linger in free pages), then
         the on-disk state is re-read to prove the collections, their segments and their rows are gone.
-        A chroma server is asked to delete the collections; its disk is the server's to manage.
+        A chroma server is asked to delete the collections; its disk is the server's to manage. A
+        tombstone is written first: later writes for activity from before now are refused, in any process.
         """
+        # first: a write racing this forget is refused or undone; this handle's own later writes are new activity
+        self.as_of = self.store.tombstones.mark(self.user_id)
+        self._erase()
+
+    def _erase(self) -> None:
+        """forget() without the tombstone (also undoes a write that raced a forget)."""
         client = self.store.client
         cols = [c for c in (self._get(create=False), self._get(create=False, turns=True)) if c is not None]
         if not cols:
@@ -557,6 +613,31 @@ class UserMemory:
             problems.append(f"{free[0][0]} freed database pages were not cleared")
         if problems:
             raise ForgetIncompleteError(f"forget({self.user_id!r}) incomplete: " + "; ".join(problems))
+
+
+def _json_models(text: object, model) -> list:
+    """A JSON list from a metadata field; an unreadable one (written by hand, or cut) reads as empty: the
+    statement itself is still served, only its quotes/history are missing."""
+    try:
+        items = json.loads(text) if isinstance(text, str) and text else []
+        return [model.model_validate(i) for i in items] if model is not None else list(items)
+    except (ValueError, TypeError):
+        return []
+
+
+def _shared_quotes(statements: Iterable[PreferenceStatement]) -> frozenset[str]:
+    """Quoted sentences that more than one statement was read from."""
+    seen: dict[str, int] = {}
+    for statement in statements:
+        for quote in {e.quote for e in statement.sources if e.quote}:
+            seen[quote] = seen.get(quote, 0) + 1
+    return frozenset(q for q, n in seen.items() if n > 1)
+
+
+def _export_turn_ok(turn: object) -> bool:
+    """One ``turns[]`` entry of a memory export: ``user`` is text, the other known fields text or absent."""
+    return (isinstance(turn, dict) and isinstance(turn.get("user"), str)
+            and all(isinstance(turn.get(k), (str, type(None))) for k in ("assistant", "session_id", "turn_id", "time")))
 
 
 def _sqlite_rows(db: Path, sql: str, params: tuple) -> list[tuple]:

@@ -56,6 +56,7 @@ def _register() -> None:
 
 
 def main() -> None:
+    os.umask(0o077)  # what cdra writes (memory, logs, exports, retrain runs) is its owner's only: docs/SECURITY.md
     _register()
     try:
         app()

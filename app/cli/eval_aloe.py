@@ -40,19 +40,13 @@ def register_eval(eval_app: typer.Typer) -> None:
 
 def _read_ratings(path: Path):
     """AloeRating records, one JSON object a line, with file:line in every error."""
-    import json
-
     from alignment.errors import CdraError, FormatError
+    from alignment.records import jsonl_objects  # bad bytes, nesting, numbers: FormatError file:line
     from app.aloe_report import AloeRating
 
-    if not path.is_file():
-        raise FormatError(f"{path}: no such file")
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for where, obj in jsonl_objects(path):
         try:
-            obj = json.loads(line)
             out.append(
                 AloeRating(
                     obj["session_id"],
@@ -62,10 +56,8 @@ def _read_ratings(path: Path):
                     obj.get("source", "simulated"),
                 )
             )
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
         except KeyError as exc:
-            raise FormatError(f"{path}:{number}: missing key {exc.args[0]!r}") from None
-        except (CdraError, TypeError) as exc:
-            raise FormatError(f"{path}:{number}: {exc}") from None
+            raise FormatError(f"{where}: missing key {exc.args[0]!r}") from None
+        except (CdraError, TypeError, ValueError) as exc:
+            raise FormatError(f"{where}: {exc}") from None
     return out

@@ -1,5 +1,6 @@
-"""`cdra prefs show|add|edit|delete|forget|export|import|infer|build-testset --user NAME` over the vector
-memory and the preference inferrer, and `cdra bench memory|prefs`. Thin: the work is in memory/ and alignment/."""
+"""`cdra prefs show|retrieve|add|edit|delete|forget|export|import|infer|build-testset --user NAME` over the
+vector memory and the preference inferrer, and `cdra bench memory|prefs|recall|extraction`. Thin: the work is
+in memory/ and alignment/."""
 
 from __future__ import annotations
 
@@ -31,14 +32,23 @@ def _user_memory(ctx: typer.Context, user: str):
     return VectorMemory(settings.memory, settings.chroma_dir).for_user(user)
 
 
-def _print_statements(statements) -> None:
+def _print_statements(statements, memory=None) -> None:
+    """Each statement with why it is believed: the quoted words (or signals and reasoning), and its history."""
+    from memory.evidence import evidence_text, explain, history_text
+
     if not statements:
         typer.echo("(no preferences stored)")
         return
+    turns, runs = (memory.turns(), memory.inferences()) if memory is not None else ([], [])
+    evidence = explain(statements, turns, runs)
     for s in statements:
         how = "stated" if s.explicit else "inferred"
         typer.echo(f"{s.id}  [{s.stance} | {s.dimension} | {how} | conf {s.confidence:.2f} | v{s.version}]  {s.text}")
-        typer.echo(f"{'':18}evidence: {', '.join(s.evidence) or '-'}; updated {s.updated}")
+        if s.applies_to:
+            typer.echo(f"{'':18}applies to: {', '.join(s.applies_to)}")
+        for line in evidence_text(evidence[s.id]) or ["evidence: -"]:
+            typer.echo(f"{'':18}{line}")
+        typer.echo(f"{'':18}history: {history_text(s) or 'created ' + s.created}")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -54,12 +64,62 @@ def _write_atomic(path: Path, text: str) -> None:
 def show_cmd(ctx: typer.Context, user: User,
              as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of text")] = False) -> None:
     """List USER's stored preference statements."""
-    statements = _user_memory(ctx, user).list_preferences()
+    memory = _user_memory(ctx, user)
+    statements = memory.list_preferences()
     if as_json:
+        from memory.evidence import explain
+
+        evidence = explain(statements, memory.turns(), memory.inferences())
         for s in statements:
-            typer.echo(s.model_dump_json())
+            typer.echo(json.dumps({**s.model_dump(), "evidence_quoted": [e.model_dump() for e in evidence[s.id]]},
+                                  ensure_ascii=False))
     else:
-        _print_statements(statements)
+        _print_statements(statements, memory)
+
+
+@prefs_app.command("retrieve")
+def retrieve_cmd(
+    ctx: typer.Context,
+    user: User,
+    query: Annotated[str, typer.Argument(help="a message, as the user would send it")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object instead of text")] = False,
+    token_budget: Annotated[Optional[int], typer.Option("--budget", min=1, help="tokens (default: memory.token_budget)")] = None,
+) -> None:
+    """What the assistant would put into its prompt for QUERY from USER's memory, with scores (and what
+    it leaves out, and why)."""
+    from app.cli import settings_from
+    from memory.retrieval import turn_line
+
+    settings = settings_from(ctx)
+    if not query.strip():
+        raise CdraError("the query is empty: give the message to retrieve for")
+    mem = settings.memory
+    budget = token_budget or mem.token_budget
+    # the very call the assistant makes for a turn (app.assistant.Assistant.retrieve)
+    retrieval = _user_memory(ctx, user).retrieve(query, top_k=mem.top_k, token_budget=budget)
+    if as_json:
+        typer.echo(json.dumps({
+            "user": user, "query": query, "token_budget": budget, "tokens": retrieval.tokens,
+            "prompt_lines": retrieval.as_prompt_lines(),
+            "statements": [s.as_dict() for s in retrieval.considered],
+            "turns": [{"score": round(score, 4), "line": turn_line(turn), **turn} for turn, score in retrieval.turns],
+        }, ensure_ascii=False, indent=2))
+        return
+    used = [s for s in retrieval.considered if s.used]
+    typer.echo(f"{len(used)} of {len(retrieval.considered)} statement(s) and {len(retrieval.turns)} past turn(s) "
+               f"for the prompt: {retrieval.tokens}/{budget} tokens")
+    if not retrieval.considered and not retrieval.turns:
+        typer.echo("(nothing stored for this user)")
+    for s in retrieval.considered:
+        mark = "+" if s.used else "-"
+        typer.echo(f"{mark} {s.score:5.2f}  {s.statement.text}  [{s.why}; cosine {s.cosine:.2f}, situations "
+                   f"{s.situation:.2f}{'; ' + ', '.join(s.statement.applies_to) if s.statement.applies_to else ''}]")
+    for turn, score in retrieval.turns:
+        typer.echo(f"+ {score:5.2f}  {turn_line(turn)}")
+    if retrieval.as_prompt_lines():
+        typer.echo("\nprompt lines:")
+        for line in retrieval.as_prompt_lines():
+            typer.echo(f"  - {line}")
 
 
 @prefs_app.command("add")
@@ -69,11 +129,15 @@ def add_cmd(ctx: typer.Context, user: User,
     from alignment.explicit_extraction import extract_explicit
     from alignment.preferences import PreferenceStatement
 
-    found = extract_explicit(text, "cli")
+    from alignment.preferences import Evidence, now_iso
+
+    said = f"cli-{now_iso()}"  # each `prefs add` is its own evidence: saying it again adds to it, it never replaces it
+    found = extract_explicit(text, said)
     if not found:
         stance = "avoids" if any(w in text.lower() for w in ("avoid", "don't", "do not", "never", "dislike")) else "prefers"
         found = [PreferenceStatement(text=text.strip(), stance=stance, origin="user_edit", confidence=1.0,
-                                     evidence=["cli"])]
+                                     evidence=[said], sources=[Evidence(id=said, quote=text.strip(), time=now_iso(),
+                                                                        origin="user_edit")])]
     ids = _user_memory(ctx, user).add_preferences(found)
     typer.echo(f"stored {len(ids)} statement(s): " + "; ".join(s.text for s in found))
 
@@ -93,7 +157,7 @@ def edit_cmd(
         raise CdraError("nothing to change: give --text, --stance, --dimension or --confidence")
     updated = _user_memory(ctx, user).edit_preference(statement_id, text=text, stance=stance, dimension=dimension,
                                                       confidence=confidence)
-    _print_statements([updated])
+    _print_statements([updated], _user_memory(ctx, user))
 
 
 @prefs_app.command("delete")
@@ -131,14 +195,13 @@ def import_cmd(ctx: typer.Context, user: User,
                file: Annotated[Path, typer.Argument(help="a file written by `cdra prefs export`")]) -> None:
     """Restore an export into USER's memory."""
     from alignment.errors import FormatError
+    from alignment.records import load_json_file
 
-    if not file.is_file():
-        raise CdraError(f"{file}: no such file")
+    data = load_json_file(file)  # not UTF-8, not JSON, nested too deeply: FormatError file:line
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    counts = _user_memory(ctx, user).import_(data)
+        counts = _user_memory(ctx, user).import_(data)
+    except FormatError as exc:
+        raise FormatError(f"{file}: {exc}") from None
     typer.echo(f"imported into {user}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
@@ -179,10 +242,12 @@ def infer_cmd(
     if result.failed:
         raise CdraError(f"preference inference failed after {result.attempts} attempt(s): {result.error} "
                         "(recorded in the inference log; nothing was stored as a preference)")
-    stored = memory.add_preferences(result.new_statements)
+    from alignment.preferences import with_inference_sources
+
+    stored = memory.add_preferences(with_inference_sources(result.new_statements, parsed, result.reasoning))
     typer.echo(f"R_format={result.r_format:.0f}; {len(result.new_statements)} statement(s) inferred, "
                f"{len(stored)} stored or updated")
-    _print_statements([s for s in memory.list_preferences() if s.id in set(stored)])
+    _print_statements([s for s in memory.list_preferences() if s.id in set(stored)], memory)
 
 
 @prefs_app.command("build-testset")
@@ -263,6 +328,71 @@ def register_bench(bench_app: typer.Typer) -> None:
         rows, info = bench_memory(_ints(sizes), _bench_texts(texts), embedder, queries=queries, pool_size=pool,
                                   embed_all=embed_all, progress=lambda m: typer.echo(m, err=True))
         typer.echo(format_table(rows, info))
+
+    @bench_app.command("recall")
+    def bench_recall_cmd(
+        ctx: typer.Context,
+        prefeval: Annotated[Path, typer.Option("--prefeval", help="PrefEval benchmark_dataset/ directory")] = DEFAULT_PREFEVAL,
+        per_topic: Annotated[int, typer.Option(help="items per topic (0 = all)")] = 10,
+        ks: Annotated[str, typer.Option("--k", help="how many other preferences each user states")] = "0,15,50",
+        seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+        show_misses: Annotated[int, typer.Option(help="print this many missed items per K")] = 5,
+        ablation: Annotated[bool, typer.Option("--ablation", help="also compare retrieval variants at the largest K")] = False,
+    ) -> None:
+        """Recall of a stated preference for a question it bears on, among K others, within the token budget;
+        prompt tokens; false merges of distinct allergies, medications, places, people."""
+        from app.cli import settings_from
+        from memory.bench_recall import RecallItem, format_ablation, format_recall, run_recall_bench
+        from memory.embeddings import get_embedder
+        from training.prefeval import load_prefeval, prefeval_topics
+
+        cfg = settings_from(ctx).memory
+        records = [RecallItem(r.topic, r.preference, r.question) for topic in prefeval_topics(prefeval)
+                   for r in load_prefeval(prefeval, "explicit", topic)]
+        try:
+            k_values = [int(x) for x in ks.split(",") if x.strip()]
+        except ValueError:
+            raise CdraError(f"--k: expected comma-separated counts such as 0,15,50, got {ks!r}") from None
+        if not k_values or min(k_values) < 0:
+            raise CdraError(f"--k: expected counts >= 0, got {ks!r}")
+        embedder = get_embedder(cfg.embedding_model, cfg.embedding_device, cfg.embedding_batch_size)
+        rows, merges, same, variants = run_recall_bench(
+            records, cfg, per_topic=per_topic or None, ks=k_values, seed=seed, embedder=embedder,
+            progress=lambda m: typer.echo(m, err=True), ablation=ablation)
+        typer.echo(format_recall(rows, merges, same, cfg.token_budget))
+        if variants:
+            typer.echo("\n" + format_ablation(variants))
+        for row in rows:
+            for preference, question in row.misses[:show_misses]:
+                typer.echo(f"missed at K={row.k}: {preference!r} for {question!r}")
+
+    @bench_app.command("extraction")
+    def bench_extraction_cmd(
+        prefeval: Annotated[Path, typer.Option("--prefeval", help="PrefEval benchmark_dataset/ directory")] = DEFAULT_PREFEVAL,
+        show: Annotated[int, typer.Option(help="print this many false positives and missed conversations")] = 5,
+        per_topic: Annotated[int, typer.Option(help="records per topic and form (0 = all)")] = 0,
+    ) -> None:
+        """How much of what users say about themselves the explicit extractor reads (PrefEval explicit
+        sentences and persona conversations), and its false positives on questions and third-person text."""
+        from memory.bench_extraction import PersonaCase, format_extraction, measure_extraction
+        from memory.embeddings import get_embedder
+        from training.prefeval import load_prefeval, prefeval_topics
+
+        topics = prefeval_topics(prefeval)
+
+        def load(form: str) -> list:
+            return [r for t in topics for r in load_prefeval(prefeval, form, t)[: per_topic or None]]
+
+        explicit, choice = load("explicit"), load("implicit-choice")
+        persona = [PersonaCase(r.preference, [turn.user for turn in r.turns]) for r in load("implicit-persona")]
+        report = measure_extraction([r.preference for r in explicit], persona,
+                                    [r.conversation.user_selection for r in choice],
+                                    [r.question for r in explicit] + [r.implicit_query for r in choice], get_embedder())
+        typer.echo(format_extraction(report))
+        for text, found in report.examples_fp[:show]:
+            typer.echo(f"false positive? {text[:120]!r} -> {found}")
+        for preference in report.examples_persona_missed[:show]:
+            typer.echo(f"persona conversation not read: {preference!r}")
 
     @bench_app.command("prefs")
     def bench_prefs_cmd(

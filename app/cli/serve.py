@@ -44,19 +44,26 @@ def register(app: typer.Typer) -> None:
 
         from app.cli import settings_from
         from app.models import engine_for
-        from app.server import create_app, served_models
+        from app.server import check_exposure, create_app, keys_configured, served_models
+        from app.users import UserStore
 
         settings = settings_from(ctx)
         serve = settings.serve.model_copy(
             update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
         settings = settings.model_copy(update={"serve": serve})
+        users = UserStore.for_data_dir(settings.data_dir)
+        check_exposure(serve, users)  # no key, no listening beyond loopback
         _check_port_free(serve.host, serve.port)
         # load the policy before listening: a bad model path fails here, in one line, not on the first request
         policy = engine_for(settings, "policy")
-        api = create_app(settings, responder=build_responder(settings))
+        from app.models import share_cpu_with_llamacpp
+
+        share_cpu_with_llamacpp(settings)  # torch keeps clear of llama.cpp's cores (issue 11)
+        api = create_app(settings, responder=build_responder(settings), users=users)
         typer.echo(f"serving {policy.description} as {', '.join(served_models())}")
         typer.echo(f"OpenAI-compatible API on http://{serve.host}:{serve.port}/v1"
-                   + (" (Bearer key required)" if serve.api_key else ""))
+                   + (" (Bearer key required; `user` must be the key's own user)" if keys_configured(serve, users)
+                      else " (no API key configured: loopback only, no personalized answers)"))
         uvicorn.run(api, host=serve.host, port=serve.port, log_level="warning", access_log=False)
 
 

@@ -1,4 +1,5 @@
-"""`cdra users` (who may sign in to the chat app) and `cdra logs` (export, forget, prune the session log)."""
+"""`cdra users` (who may sign in to the chat app, and their API keys for `cdra serve`) and `cdra logs`
+(export, forget, prune the session log)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ import typer
 users_app = typer.Typer(
     help="Accounts for the chat app's sign-in (salted password hashes).", no_args_is_help=True
 )
+key_app = typer.Typer(
+    help="API keys for `cdra serve`: each key acts as its own user only (stored as a salted hash).",
+    no_args_is_help=True,
+)
+users_app.add_typer(key_app, name="key")
 logs_app = typer.Typer(
     help="The session log: export for retraining, forget a user, apply retention.", no_args_is_help=True
 )
@@ -73,6 +79,56 @@ def list_cmd(ctx: typer.Context) -> None:
         )
     for user in users:
         typer.echo(f"{user.name}\tcreated {user.created}")
+
+
+@key_app.command("create")
+def key_create_cmd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="the user the key acts as")],
+    admin: Annotated[
+        bool, typer.Option("--admin", help="the key may also name any other user in `user` (operators only)")
+    ] = False,
+) -> None:
+    """Create an API key for NAME; it is printed once (only its hash is kept)."""
+    from app.cli import settings_from
+    from app.users import UserStore
+
+    key, info = UserStore.for_data_dir(settings_from(ctx).data_dir).create_key(name, admin=admin)
+    typer.echo(key)
+    typer.echo(f"created {'admin ' if admin else ''}API key {info.key_id} for {name}: send it as "
+               "`Authorization: Bearer <key>`; it is shown only this once", err=True)
+
+
+@key_app.command("revoke")
+def key_revoke_cmd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="whose keys")],
+    key_id: Annotated[
+        Optional[str], typer.Argument(help="one key id (from `cdra users key list`); default: all of NAME's keys")
+    ] = None,
+) -> None:
+    """Revoke NAME's API keys (or one of them); a running `cdra serve` refuses them at once."""
+    from app.cli import settings_from
+    from app.users import UserStore
+
+    n = UserStore.for_data_dir(settings_from(ctx).data_dir).revoke_keys(name, key_id)
+    typer.echo(f"revoked {n} API key(s) of {name}")
+
+
+@key_app.command("list")
+def key_list_cmd(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Argument(help="only this user's keys")] = None,
+) -> None:
+    """Key ids, owners and creation times (the keys themselves are not stored)."""
+    from app.cli import settings_from
+    from app.users import UserStore
+
+    keys = UserStore.for_data_dir(settings_from(ctx).data_dir).keys(name)
+    if not keys:
+        typer.echo("no API keys: `cdra users key create NAME`")
+    for k in keys:
+        typer.echo(f"{k.key_id}\t{k.user}\t{'admin' if k.admin else 'user'}\tcreated {k.created}")
 
 
 @logs_app.command("export")

@@ -1,10 +1,12 @@
-"""The OpenAI-compatible app in process (no socket): API keys, the personalization hook, raw completions."""
+"""The OpenAI-compatible app in process (no socket): API keys, the personalization hook, raw completions.
+(Who may use whose memory, and the malformed-request corpus: tests/app/test_security_api.py.)"""
 
 import pytest
 from fastapi.testclient import TestClient
 
 from alignment.engines import SamplingParams
 from app.server import POLICY_MODEL, ResponderRequest, create_app
+from app.users import UserStore
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -30,8 +32,11 @@ def test_user_field_routes_policy_requests_through_the_responder(settings, defau
         conversation = [{"role": "system", "content": f"The user is called {request.user}."}, *request.messages]
         return default_engine.stream(conversation, request.params)
 
+    store = UserStore.for_data_dir(settings.data_dir)
+    store.add("alice", "alice-password")
+    key, _ = store.create_key("alice")
     client = TestClient(create_app(settings, engines={POLICY_MODEL: default_engine, "judge": default_engine},
-                                   responder=responder))
+                                   responder=responder), headers={"Authorization": f"Bearer {key}"})
     body = {"model": POLICY_MODEL, "messages": QUESTION, "max_tokens": 8, "temperature": 0, "user": "alice"}
     answer = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
     expected = default_engine.generate(

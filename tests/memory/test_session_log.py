@@ -174,3 +174,67 @@ os._exit(1)
     assert [s["session_id"] for s in reopened.sessions(user_id="carol")] == ["s-carol"]
     assert reopened._query("PRAGMA integrity_check")[0][0] == "ok"
     reopened.close()
+
+
+def test_the_log_and_its_wal_are_private(tmp_path):
+    import stat
+
+    log = SessionLog(tmp_path / "logs" / "sessions.sqlite3")
+    log.log_turn(_turn("alice", "s1", "my secret"))
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)
+    files = [tmp_path / "logs" / f"sessions.sqlite3{s}" for s in ("", "-wal", "-shm")]
+    assert all(p.exists() for p in files)
+    assert [mode(p) for p in files] == [0o600] * 3 and mode(tmp_path / "logs") == 0o700
+    old = tmp_path / "old.sqlite3"  # a log written before files were private is fixed when opened
+    old.touch(mode=0o644)
+    SessionLog(old)
+    assert mode(old) == 0o600
+
+
+def test_a_turn_begun_before_its_user_was_forgotten_is_refused(log):
+    from memory.tombstones import ForgottenError
+
+    begun = datetime.now(UTC).isoformat(timespec="milliseconds")
+    log.log_turn(_turn("alice", "s1", "before"))
+    log.log_turn(_turn("bob", "s2", "bob stays"))
+    assert log.forget_user("alice") == 1
+    late = _turn("alice", "s1", "answer still streaming during the forget")
+    late.started = begun
+    with pytest.raises(ForgottenError, match="forgotten"):
+        log.log_turn(late)
+    assert log.turns(user_id="alice") == [] and log.sessions(user_id="alice") == []
+    assert log.forgotten_at("alice") > begun and log.forgotten_at("alice__aloe__x") == log.forgotten_at("alice")
+    assert log.forgotten_at("bob") is None
+    log.log_turn(_turn("alice", "s3", "a new conversation after the forget"))  # new activity is welcome
+    assert [t["query"] for t in log.turns(user_id="alice")] == ["a new conversation after the forget"]
+    dump = log.path.read_bytes() + log.path.with_name(log.path.name + "-wal").read_bytes()
+    assert b"before" not in dump and b"still streaming" not in dump
+    import hashlib
+    import sqlite3
+
+    keys = sqlite3.connect(log.path).execute("SELECT user_key FROM forgotten").fetchall()
+    assert keys == [(hashlib.sha256(b"alice").hexdigest(),)]  # a tombstone names a hash, not the person
+
+
+def test_turns_say_whether_they_reached_memory(log, tmp_path):
+    pending = _turn("alice", "s1", "logged, then the process died")
+    pending.memory = "pending"
+    turn_id = log.log_turn(pending)
+    log.log_turn(_turn("alice", "s1", "a bench turn, never meant for memory"))
+    assert [t["turn_id"] for t in log.pending_memory()] == [turn_id]
+    log.set_memory("alice", turn_id, "stored")
+    assert log.pending_memory() == [] and log.turn("alice", turn_id)["memory"] == "stored"
+    with pytest.raises(CdraError, match="memory state"):
+        log.set_memory("alice", turn_id, "maybe")
+    # a log from before this column existed is migrated when opened
+    import sqlite3
+
+    old = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(old)
+    db.executescript(
+        "CREATE TABLE turns (turn_id TEXT PRIMARY KEY, session_id TEXT, user_id TEXT, idx INTEGER, time TEXT,"
+        " mode TEXT, query TEXT, history TEXT, retrieved TEXT, steps TEXT, answer TEXT, raw TEXT,"
+        " model_versions TEXT, latency_ms TEXT, status TEXT, error TEXT, persona TEXT, meta TEXT);"
+    )
+    db.close()
+    assert SessionLog(old).pending_memory() == []
