@@ -82,3 +82,17 @@ def test_score_agrees_with_transformers(vllm_engine, default_engine):
     for g, w in zip(got, want):
         assert g.num_tokens == w.num_tokens
         assert g.logprob == pytest.approx(w.logprob, abs=0.05 * w.num_tokens + 0.1)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_every_declared_format_is_enforced_by_structured_outputs(vllm_engine):
+    """vLLM's llguidance backend takes our Lark grammars (with their token bounds) as they are."""
+    from alignment.formats import declared_formats
+
+    for name, fmt in declared_formats().items():
+        params = SamplingParams(max_new_tokens=1, temperature=1.0, n=2, seed=7, format=fmt)
+        for completion in vllm_engine.generate(PROMPTS[:1], params)[0]:
+            assert completion.format_error is None, (name, completion.text)
+            assert completion.parsed == fmt.parse(completion.text)
+            assert completion.completion_tokens <= fmt.max_tokens
