@@ -280,9 +280,13 @@ class InferenceWorker:
         """Wait until every submitted signal is processed (tests, benchmarks, shutdown)."""
         return self._idle.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking work and wait (bounded) for a run inside the model to end: a daemon thread still in
+        native code when the interpreter exits aborts the process."""
         self._stop.set()
         self._wake.put(None)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     def _not_forgotten(self, scope: str, signals: list[Any]) -> list[Any]:
         """Drop signals from before the scope's user was forgotten (maybe by another process)."""
@@ -764,6 +768,10 @@ def make_responder(settings: Settings, assistant: Assistant | None = None):
     from app.users import check_name
 
     bot = assistant or Assistant(settings)
+    if assistant is None:
+        import atexit
+
+        atexit.register(bot.close)  # let a background inference finish before the interpreter goes away
 
     def respond(request) -> Iterator[str]:
         user = check_name(request.user)  # an app user name; never an internal scope such as user__aloe__…

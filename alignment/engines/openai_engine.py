@@ -47,6 +47,7 @@ class OpenAIEngine(Engine):
         from openai import OpenAI
 
         self.spec = spec
+        self.constrained, self.format_retries = spec.constrained, spec.format_retries
         self.base_url = spec.base_url.rstrip("/")
         # local servers (vLLM, cdra serve) take any key; the client insists on having one
         api_key = os.environ.get(spec.api_key_env) or "EMPTY"

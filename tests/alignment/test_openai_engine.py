@@ -82,6 +82,14 @@ def server(tmp_path_factory, model_cache):
 
 
 @pytest.fixture(scope="module")
+def served(model_cache):
+    """What `cdra serve` answers with on the default configuration: llama.cpp on the packaged GGUF."""
+    from alignment.engines import build_engine
+
+    return build_engine(ModelSpec(backend="llamacpp"), model_cache)
+
+
+@pytest.fixture(scope="module")
 def remote(server):
     engine = OpenAIEngine(ModelSpec(backend="openai", base_url=server, model="cdra-policy", timeout_s=120))
     yield engine
@@ -95,11 +103,11 @@ def client(server):
     return OpenAI(base_url=server, api_key="unused", timeout=120, max_retries=0)
 
 
-def test_greedy_generation_equals_the_local_engine(remote, default_engine):
+def test_greedy_generation_equals_the_local_engine(remote, served):
     params = SamplingParams(max_new_tokens=12, temperature=0.0)
     other = [{"role": "user", "content": "Name a primary color."}]
     got = [c[0].text for c in remote.generate([QUESTION, other], params)]
-    want = [c[0].text for c in default_engine.generate([QUESTION, other], params)]
+    want = [c[0].text for c in served.generate([QUESTION, other], params)]
     assert got == want
     assert all(t.strip() for t in got)
 
@@ -113,10 +121,10 @@ def test_n_seeded_samples_per_prompt(remote):
     assert [c.text for c in again[0]] == [c.text for c in first[0]]
 
 
-def test_score_matches_the_local_engine_and_ranks(remote, default_engine):
+def test_score_matches_the_local_engine_and_ranks(remote, served):
     texts = ["The capital of France is Paris.", "Banana purple seventeen."]
     got = remote.score([QUESTION, QUESTION], texts)
-    want = default_engine.score([QUESTION, QUESTION], texts)
+    want = served.score([QUESTION, QUESTION], texts)
     assert got[0].logprob > got[1].logprob
     for g, w in zip(got, want):
         assert g.num_tokens == w.num_tokens
@@ -132,12 +140,12 @@ def test_choice_logprobs_agree_with_the_local_engine(remote, default_engine):
         assert g >= w - 1e-3
 
 
-def test_official_client_chat_stream_and_models(client, default_engine):
+def test_official_client_chat_stream_and_models(client, served):
     ids = {m.id for m in client.models.list().data}
     assert {"cdra-policy", *ROLES} <= ids
     full = client.chat.completions.create(model="cdra-policy", messages=QUESTION, max_tokens=12, temperature=0)
     text = full.choices[0].message.content
-    assert text == default_engine.generate([QUESTION], SamplingParams(max_new_tokens=12))[0][0].text
+    assert text == served.generate([QUESTION], SamplingParams(max_new_tokens=12))[0][0].text
     assert full.usage.completion_tokens > 0 and full.usage.prompt_tokens > 0
     chunks = list(client.chat.completions.create(model="cdra-policy", messages=QUESTION, max_tokens=12,
                                                  temperature=0, stream=True))
