@@ -38,6 +38,8 @@ if [ ! -f "$stamp" ]; then
         --no-binary llama-cpp-python "$llama_req" 2>&1 \
       | grep --line-buffered -E '^\s*\[[0-9]+/[0-9]+\]|^Successfully|ERROR|error:' \
       | sed -u -E 's/^\s*\[([0-9]+)\/([0-9]+)\].* ([^ ]+\.(c|cpp|o|so))( .*)?$/  llama.cpp [\1\/\2] \3/'
+    # --no-deps above keeps --force-reinstall from reinstalling numpy and friends; their missing ones come now
+    .venv/bin/python -m pip install -q "$llama_req"
     .venv/bin/python -c 'import llama_cpp' || { echo "setup.sh: the llama.cpp build failed (see above)" >&2; exit 1; }
     echo "$flags" > .venv/.llama-cpp-flags
   fi
