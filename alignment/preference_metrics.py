@@ -172,7 +172,10 @@ def _description(method: str, item: PreferenceTestItem, inferrer: PreferenceInfe
 
 def evaluate_item(item: PreferenceTestItem, method: str, judge: Engine, gen: Engine | None,
                   inferrer: PreferenceInferrer | None, config: PrefEvalConfig) -> dict | None:
-    """One (item, method) row: the description, its R_format, and the rewards asked for."""
+    """One (item, method) row: the description, its R_format, and the rewards asked for (None: the item has no
+    comparison, only a gold preference — training/pref_eval.py measures recovery on those)."""
+    if not item.has_comparison:
+        return None
     text, r_format, failed, error = _description(method, item, inferrer, config.max_signal_chars)
     if text is None:
         return None

@@ -4,6 +4,7 @@ Layout under ``<data_dir>/registry``::
 
     <role>/<version>/manifest.json   # version, role, base, adapter|weights, parent, config, data, metrics, created
     <role>/<version>/...             # a PEFT adapter or full weights
+    <role>/<version>/model.gguf      # the policy as llama.cpp serves it, written when it is first promoted
     serving.json                     # {"policy": "policy-0003", "prm": "prm-0001"}
 
 Writes go through a temporary file and ``os.replace`` so a crash never leaves a half-promoted state;
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +24,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+#: roles exported as GGUF when promoted (llama.cpp serves them on the CPU; see app/models.py)
+GGUF_ROLES = ("policy",)
 
 @dataclass
 class RegisteredModel:
@@ -36,6 +41,8 @@ class RegisteredModel:
     data: dict = field(default_factory=dict)  # what it was trained on: {name: fingerprint(path)}
     created: str = ""
     config: dict = field(default_factory=dict)  # the training configuration, for reproducing it
+    gguf: str | None = None  # relative to path: the version as one GGUF file (training/export_gguf.py)
+    gguf_error: str | None = None  # why the export failed (then transformers serves the version)
 
     @property
     def adapter_dir(self) -> Path | None:
@@ -44,6 +51,12 @@ class RegisteredModel:
     @property
     def weights_dir(self) -> Path | None:
         return self.path / self.weights if self.weights else None
+
+    @property
+    def gguf_path(self) -> Path | None:
+        """The exported GGUF, if it was written and is still there."""
+        path = self.path / self.gguf if self.gguf else None
+        return path if path is not None and path.is_file() else None
 
 
 def write_json_atomic(path: Path, payload: object) -> None:
@@ -130,9 +143,14 @@ class ModelRegistry:
         self.promote_many({role: version})
 
     def promote_many(self, versions: dict[str, str]) -> None:
-        """Serve several roles' versions at once (one atomic write: a PRM and the policy it trained)."""
+        """Serve several roles' versions at once (one atomic write: a PRM and the policy it trained).
+
+        A policy version is first exported as GGUF (``export_gguf``), so llama.cpp serves it; a version that
+        cannot be exported is still promoted and served by transformers (the reason is in its manifest)."""
         for role, version in versions.items():
-            self.get(role, version)  # must exist
+            model = self.get(role, version)  # must exist
+            if role in GGUF_ROLES:
+                self.export_gguf(model)
         mapping = self.serving_map()
         mapping.update(versions)
         write_json_atomic(self._serving_file, mapping)
@@ -161,6 +179,26 @@ class ModelRegistry:
             weights=None if is_adapter else name, parent=parent, metrics=flat_metrics(metrics or {}), data=data or {},
             config=config or {},
         ))
+
+    def export_gguf(self, model: RegisteredModel, progress=lambda _m: None) -> RegisteredModel:
+        """Write ``<version>/model.gguf`` (the adapter merged into the packaged GGUF, or the full weights) once;
+        the manifest then names it. Failures are recorded, logged and not raised."""
+        if model.gguf_path is not None:
+            return model
+        if model.base != "default" and model.weights_dir is None:
+            model.gguf, model.gguf_error = None, f"no GGUF template for the base {model.base}"
+            return self.register(model)
+        from training.export_gguf import GGUF_NAME, export_gguf
+
+        try:
+            export_gguf(model.path / GGUF_NAME, adapter_dir=model.adapter_dir, weights_dir=model.weights_dir,
+                        progress=progress)
+            model.gguf, model.gguf_error = GGUF_NAME, None
+        except Exception as exc:  # noqa: BLE001 - an export problem must not block a promotion
+            log.warning("could not export %s %s as GGUF (transformers will serve it): %s", model.role,
+                        model.version, exc)
+            model.gguf, model.gguf_error = None, f"{type(exc).__name__}: {exc}"
+        return self.register(model)
 
     def latest(self, role: str) -> RegisteredModel | None:
         found = self.versions(role)

@@ -1,5 +1,6 @@
-"""`cdra retrain`: logged sessions -> scenarios -> DeepPref -> Pers-GenPRM SFT -> RFT -> CDPA -> evaluation
--> promotion of the new policy (and its PRM) only when it beats the serving policy.
+"""`cdra retrain`: logged sessions -> the preference inferrer's stage (training/pref_retrain.py, promoted on its
+own) -> scenarios -> DeepPref -> Pers-GenPRM SFT -> RFT -> CDPA -> evaluation -> promotion of the new policy
+(and its PRM) only when it beats the serving policy.
 
 One run lives in ``<data_dir>/retrain/runs/<run_id>/``; ``<data_dir>/retrain/state.json`` records the
 last processed log position and each finished stage's outputs, so a rerun resumes an interrupted run
@@ -33,7 +34,7 @@ from training.rft import policy_prompt, train_rft
 
 log = logging.getLogger(__name__)
 
-STAGES = ("collect", "scenarios", "deeppref", "prm", "rft", "cdpa", "evaluate", "promote")
+STAGES = ("collect", "preference", "scenarios", "deeppref", "prm", "rft", "cdpa", "evaluate", "promote")
 Promote = Literal["if-better", "always"]
 
 
@@ -60,7 +61,9 @@ class RetrainConfig:
     Parameters that locate things: ``data_dir`` (lock, state and runs under ``retrain/``),
     ``registry_dir``, ``models_dir`` (the packaged model's cache).
     Parameters that choose the models: ``policy``, ``prm``, ``teacher`` (council), ``evaluator`` (step
-    critiques) — resolved ModelSpecs; ``auto`` policy/PRM continue their serving versions.
+    critiques), ``preference`` (the inferrer; ``auto`` continues the serving or packaged adapter) — resolved
+    ModelSpecs; ``auto`` policy/PRM continue their serving versions.
+    The preference stage: ``pref_sft`` (its SFT), ``pref_val_tokens`` (tokens per held-out output).
     Parameters that size the run: ``max_scenarios`` (None: all new ones), ``validation_fraction``,
     ``prm_sft`` / ``rft`` (SFT stages), ``cdpa`` (a ``training.cdpa_trainer.CDPAConfig``), ``build``
     (a ``training.deeppref.BuildConfig``), ``prm_scoring`` (Pers-GenPRM decoding during CDPA and
@@ -80,6 +83,7 @@ class RetrainConfig:
     prm: ModelSpec = field(default_factory=ModelSpec)
     teacher: ModelSpec = field(default_factory=ModelSpec)
     evaluator: ModelSpec = field(default_factory=ModelSpec)
+    preference: ModelSpec = field(default_factory=ModelSpec)
     max_scenarios: int | None = None
     validation_fraction: float = 0.1
     prm_sft: SFTStageConfig = field(default_factory=SFTStageConfig)
@@ -88,6 +92,9 @@ class RetrainConfig:
     build: Any = None
     prm_scoring: PRMConfig = field(default_factory=PRMConfig)
     eval_max_new_tokens: int = 384
+    pref_sft: SFTStageConfig = field(default_factory=lambda: SFTStageConfig(lora_r=8, lora_alpha=16, batch_size=1,
+                                                                           max_length=1280, learning_rate=2e-4))
+    pref_val_tokens: int = 200
     promote: Promote = "if-better"
     min_improvement: float = 0.0
     seed: int = 0
@@ -102,7 +109,7 @@ class RetrainConfig:
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("cdpa", "build")}
-        for role in ("policy", "prm", "teacher", "evaluator"):
+        for role in ("policy", "prm", "teacher", "evaluator", "preference"):
             d[role] = getattr(self, role).model_dump()
         d["cdpa"] = self.cdpa.to_dict() if self.cdpa is not None else None
         d["build"] = self.build.to_dict() if self.build is not None else None
@@ -121,9 +128,9 @@ def tiny_config(base: RetrainConfig, max_steps: int | None = None) -> RetrainCon
                          learning_rate=1e-3)  # a few steps must move a fresh LoRA visibly
     build = BuildConfig(
         council=CouncilConfig(personas=("Pragmatist", "Psychologist"), depth=1, breadth=2, branching=1,
-                              value_threshold=0.0, thought_max_new_tokens=24, value_samples=1, value_temperature=0.0,
+                              value_threshold=0.0, step_tokens=24, value_samples=1, value_temperature=0.0,
                               answer_max_new_tokens=32),
-        annotation=AnnotationConfig(max_new_tokens=40, retries=3),
+        annotation=AnnotationConfig(critique_tokens=32, retries=3),
         seed=base.seed, validation_fraction=0.5,
     )
     # no in-run validation (max_val_prompts=0: the last step is kept); the evaluate stage compares anyway
@@ -131,8 +138,8 @@ def tiny_config(base: RetrainConfig, max_steps: int | None = None) -> RetrainCon
                       eval_every=max(steps, 1), max_val_prompts=0, val_max_new_tokens=40, lora_r=4, lora_alpha=8,
                       save_checkpoints=False, learning_rate=1e-4, seed=base.seed)
     return replace(base, max_scenarios=2, validation_fraction=0.5, prm_sft=sft, rft=sft,
-                   cdpa=cdpa, build=build, prm_scoring=PRMConfig(max_new_tokens=32, max_retries=0),
-                   eval_max_new_tokens=40)
+                   cdpa=cdpa, build=build, prm_scoring=PRMConfig(critique_tokens=24, max_retries=0),
+                   eval_max_new_tokens=40, pref_sft=replace(sft, max_length=768), pref_val_tokens=40)
 
 
 # -- promotion ----------------------------------------------------------------------------------------
@@ -174,8 +181,13 @@ class PolicyEval:
 
 
 def evaluate_policy(policy: Engine, prm: PersGenPRM, scenarios: Sequence[dict], max_new_tokens: int) -> PolicyEval:
+    from alignment.budget_forcing import ReasoningBudget
+
     convs = [policy_prompt(s["preference"], s["query"]) for s in scenarios]
-    texts = [c[0].text for c in policy.generate(convs, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))]
+    # candidate and serving answer as the app makes them answer: the budgeted policy format
+    fmt = ReasoningBudget().within(max_new_tokens).format
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, format=fmt)
+    texts = [c[0].text for c in policy.generate(convs, params)]
     scored = prm.score_batch([(s["preference"], s["query"], t) for s, t in zip(scenarios, texts)])
     means = [sum(r.scores) / len(r.scores) for r in scored.responses if r.complete and r.scores]  # type: ignore[arg-type]
     dense = [r.dense for r in scored.responses if r.dense is not None]
@@ -205,24 +217,17 @@ def _time_key(value: str) -> str:
 
 def new_turns(path: Path, position: dict | None) -> tuple[list[dict], dict | None]:
     """Turns of an export after ``position`` ({"time", "turn_ids"}), and the position after them."""
+    from alignment.records import jsonl_objects  # bad bytes, nesting, numbers: FormatError file:line
+
     rows: list[tuple[str, dict]] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FormatError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise FormatError(f"{path}:{n}: expected a JSON object")
-            missing = [k for k in ("turn_id", "time") if not obj.get(k)]
-            if missing:
-                raise FormatError(f"{path}:{n}: missing required key(s) {', '.join(missing)}")
-            try:
-                rows.append((_time_key(str(obj["time"])), obj))
-            except FormatError as exc:
-                raise FormatError(f"{path}:{n}: {exc}") from None
+    for where, obj in jsonl_objects(path):
+        missing = [k for k in ("turn_id", "time") if not obj.get(k)]
+        if missing:
+            raise FormatError(f"{where}: missing required key(s) {', '.join(missing)}")
+        try:
+            rows.append((_time_key(str(obj["time"])), obj))
+        except FormatError as exc:
+            raise FormatError(f"{where}: {exc}") from None
     last_time = position["time"] if position else None
     seen = set(position.get("turn_ids", [])) if position else set()
     fresh = [(t, o) for t, o in rows if last_time is None or t > last_time or (t == last_time and str(o["turn_id"]) not in seen)]
@@ -379,7 +384,7 @@ class Retrain:
                      f"(finished: {', '.join(self.state.current['stages']) or 'nothing'})")
         progress = Progress(TextColumn("[bold]retrain[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TimeElapsedColumn(), console=self.console, disable=not self.config.progress, transient=False)
-        handlers = {"scenarios": self._scenarios, "deeppref": self._deeppref, "prm": self._prm, "rft": self._rft,
+        handlers = {"preference": self._preference, "scenarios": self._scenarios, "deeppref": self._deeppref, "prm": self._prm, "rft": self._rft,
                     "cdpa": self._cdpa, "evaluate": self._evaluate, "promote": self._promote}
         with progress:
             task = progress.add_task("", total=len(STAGES))
@@ -442,6 +447,14 @@ class Retrain:
         return result
 
     # -- stages ---------------------------------------------------------------------------------------
+    def _preference(self) -> dict:
+        """The preference inferrer learns from the logged signals (training/pref_retrain.py); its promotion is
+        its own (only when it beats the serving preference version on held-out users)."""
+        from training.pref_retrain import run_preference_stage
+
+        return run_preference_stage(self.config, Path(self.state.stage("collect")["sessions"]),
+                                    self.run_dir / "preference", self.registry, self.say)
+
     def _scenarios(self) -> dict | RetrainResult:
         from training.scenarios import import_session_log, write_scenarios
 

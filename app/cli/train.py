@@ -58,6 +58,7 @@ def _print_prm_eval(before, after, metrics: dict) -> None:
     table.add_row("Spearman (read-out score)", fmt(before.spearman), fmt(after.spearman))
     table.add_row("Spearman (parsed SCORE lines)", fmt(before.spearman_parsed), fmt(after.spearman_parsed))
     table.add_row("SCORE line parse rate", f"{before.parse_rate:.1%}", f"{after.parse_rate:.1%}")
+    table.add_row("unparseable judgments", str(before.unparseable), str(after.unparseable))
     table.add_row("mean |score - evaluator|", fmt(before.mae), fmt(after.mae))
     if "eval_loss_after" in metrics:
         table.add_row("completion loss (critique + score)", fmt(metrics["eval_loss_before"]), fmt(metrics["eval_loss_after"]))
@@ -297,6 +298,7 @@ def retrain_cmd(
     config = RetrainConfig(
         data_dir=settings.data_dir, registry_dir=settings.registry_dir, models_dir=settings.models_dir,
         policy=settings.policy, prm=settings.prm, teacher=resolve_spec(settings, "teacher")[0],
+        preference=settings.preference,
         evaluator=resolve_spec(settings, "judge")[0], promote=promote, min_improvement=min_improvement,  # type: ignore[arg-type]
         seed=settings.seed,
     )
@@ -348,6 +350,9 @@ def _log_source(settings):
 
 
 def register(app: typer.Typer) -> None:
+    from app.cli.train_prefs import prefs_train_app
+
+    train_app.add_typer(prefs_train_app, name="prefs")  # `cdra train prefs data|sft|grpo` (the preference role)
     app.add_typer(train_app, name="train")
     app.command("retrain")(retrain_cmd)
     train_app.command("retrain", hidden=True)(retrain_cmd)  # the same command, where `cdra users logs export` points

@@ -111,11 +111,11 @@ def test_tiny_retrain_promotes_a_policy_that_ask_serves(tmp_path, model_cache, s
     first = run_cdra([*args, "--stop-after", "rft"], data, model_cache)
     assert first.returncode == 6, first.stdout + first.stderr
     state = json.loads((data / "retrain" / "state.json").read_text())
-    assert list(state["current"]["stages"]) == ["collect", "scenarios", "deeppref", "prm", "rft"]
+    assert list(state["current"]["stages"]) == ["collect", "preference", "scenarios", "deeppref", "prm", "rft"]
 
     second = run_cdra(args, data, model_cache)
     assert second.returncode == 0, second.stdout + second.stderr
-    for stage in ("scenarios", "deeppref", "prm", "rft"):
+    for stage in ("preference", "scenarios", "deeppref", "prm", "rft"):
         assert f"{stage}: done earlier, skipped" in second.stderr
     assert "mean PRM reward on validation: candidate policy-0001" in second.stdout
 
