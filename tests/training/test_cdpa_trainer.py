@@ -26,10 +26,15 @@ def tiny(**overrides) -> CDPAConfig:
 
 
 @pytest.fixture(scope="module")
-def prm(default_engine):
-    # readout fallback: every step gets a score even when the untrained model writes no SCORE line
-    return PersGenPRM(default_engine, PRMConfig(max_new_tokens=16, max_retries=0, fallback="readout",
-                                                readout_grid=(-1.0, 0.0, 1.0)))
+def prm(model_cache):
+    # Decoded freely, with the readout fallback: every step gets a graded score (the probability-weighted SCORE)
+    # when the untrained model writes no SCORE line. Under the grammar the untrained PRM writes "SCORE: 1" for
+    # every sample, so a group's advantages are all 0 and no step could show that the update reaches the LoRA.
+    from alignment.engines import ModelSpec, build_engine
+
+    engine = build_engine(ModelSpec(backend="default", constrained=False), model_cache)
+    return PersGenPRM(engine, PRMConfig(max_new_tokens=16, max_retries=0, fallback="readout",
+                                        readout_grid=(-1.0, 0.0, 1.0)))
 
 
 @pytest.fixture(scope="module")

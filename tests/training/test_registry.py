@@ -99,12 +99,13 @@ def test_engine_for_picks_up_a_promotion_without_restart(settings, adapters):
     v2 = reg.publish("policy", adapters[1], is_adapter=True, parent=v1.version)
     reg.promote("policy", v1.version)
     e1 = engine_for(settings, "policy")
-    assert e1.version == v1.version and str(v1.adapter_dir) in e1.description
+    # served from the version's directory: its GGUF export by llama.cpp, else its adapter by transformers
+    assert e1.version == v1.version and str(v1.path) in e1.description
     assert engine_for(settings, "policy") is e1  # cached while it serves
     spec1, _ = resolve_spec(settings, "policy")
     reg.promote("policy", v2.version)
     e2 = engine_for(settings, "policy")
-    assert e2 is not e1 and e2.version == v2.version and str(v2.adapter_dir) in e2.description
+    assert e2 is not e1 and e2.version == v2.version and str(v2.path) in e2.description
     assert factory._key(spec1, settings.models_dir) not in factory._cache  # the old version was evicted
     out = e2.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(max_new_tokens=4))
     assert out[0][0].completion_tokens > 0

@@ -134,7 +134,9 @@ def test_tiny_retrain_promotes_a_policy_that_ask_serves(tmp_path, model_cache, s
     assert any("policy-0001" in line and "*" in line for line in models.stdout.splitlines())  # marked serving
 
     engine = policy_engine(settings)  # what `cdra ask` resolves
-    assert engine.version == "policy-0001" and str(policy.adapter_dir) in engine.description
+    # the promoted version was exported as GGUF and llama.cpp serves it (issue 11)
+    assert policy.gguf_path is not None and policy.gguf_path.stat().st_size > 0
+    assert engine.version == "policy-0001" and engine.description == f"llamacpp:{policy.gguf_path}"
 
     ask = run_cdra(["ask", "--user", "alice", "Any ideas for a quiet evening?", "--max-new-tokens", "8"], data, model_cache)
     assert ask.returncode == 0, ask.stderr
