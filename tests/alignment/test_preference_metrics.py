@@ -94,13 +94,15 @@ def test_baselines_on_a_real_judge_resume_and_refuse_a_changed_setup(default_eng
 
 
 @pytest.mark.slow
-def test_inferred_description_counts_a_failed_inference_as_zero(default_engine, slice_path):
+def test_inferred_description_counts_a_failed_inference_as_zero(default_engine, slice_path, unconstrained):
     from alignment.preference_inference import InferenceConfig, PreferenceInferrer
 
     items = read_testset(slice_path)[:1]
+    # decoded freely with 2 tokens the output cannot be in the format (under the grammar it always is)
     inferrer = PreferenceInferrer(default_engine, InferenceConfig(max_new_tokens=2, max_retries=0))
-    report = evaluate_preferences(items, default_engine, inferrer=inferrer,
-                                  config=PrefEvalConfig(methods=("inferred",), metrics=("jud",)))
+    with unconstrained(default_engine):
+        report = evaluate_preferences(items, default_engine, inferrer=inferrer,
+                                      config=PrefEvalConfig(methods=("inferred",), metrics=("jud",)))
     [row] = report.rows
     assert row["failed"] and row["jud"]["reward"] == 0.0 and row["error"]
     assert report.summaries[0].failed == 1 and report.summaries[0].acc_jud == 0.0
