@@ -9,6 +9,7 @@ decoding where the engine can; an unconstrained model's output is read by the de
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +31,14 @@ from alignment.preferences import (
     now_iso,
 )
 from alignment.prompts import render
-from alignment.prompts.preference import INFER_PROMPT, UPDATE_PROMPT, format_previous, format_signals
-from alignment.signals import Signal
+from alignment.prompts.preference import (
+    INFER_PROMPT,
+    UPDATE_PROMPT,
+    copies_the_example,
+    format_previous,
+    format_signals,
+)
+from alignment.signals import Signal, signal_to_json
 
 # -- reading ---------------------------------------------------------------------------------------
 
@@ -125,6 +132,7 @@ class InferenceResult:
     error: str | None = None
     raws: list[str] = field(default_factory=list)
     call_prompt_tokens: list[int] = field(default_factory=list)  # one entry per model call: bounded by design
+    echoed_example: int = 0  # statements dropped because they repeat the prompt's worked example, not the user
 
 
 class PreferenceInferrer:
@@ -173,7 +181,10 @@ class PreferenceInferrer:
                 errors.append(error or "no usable output")
                 formats.append(0.0)
                 continue
-            fresh = [s for s in parsed.statements if not is_suppressed(s, suppressed)]
+            said = " ".join(json.dumps(signal_to_json(s), ensure_ascii=False) for s in chunk)
+            grounded = [s for s in parsed.statements if not copies_the_example(s.text, said)]
+            result.echoed_example += len(parsed.statements) - len(grounded)
+            fresh = [s for s in grounded if not is_suppressed(s, suppressed)]
             result.new_statements.extend(fresh)
             current = merge_descriptions(current, fresh, suppressed)
             formats.append(parsed.r_format)

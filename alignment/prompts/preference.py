@@ -3,6 +3,7 @@ signals only, the A/B preference judge (R_jud, Eq. 6) and the conditioned reply 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from langchain_core.prompts import ChatPromptTemplate
@@ -44,6 +45,10 @@ Current description (from earlier behavior):
 
 New behavior since then:
 {signals}"""
+
+#: what the worked example above states: a small model copies it for users who never said any of it, so an
+#: inferred statement that repeats one of these and that no signal mentions is the example, not the user
+EXAMPLE_SUBJECTS = ("short, direct answers", "technical jargon", "cats (allergy)")
 
 INFER_PROMPT = ChatPromptTemplate.from_messages([("system", INFER_SYSTEM), ("human", INFER_USER)])
 UPDATE_PROMPT = ChatPromptTemplate.from_messages([("system", INFER_SYSTEM), ("human", UPDATE_USER)])
@@ -111,3 +116,19 @@ def format_signals(signals: Sequence[object], max_chars: int = 400) -> str:
 
 def format_previous(lines: Sequence[str]) -> str:
     return "\n".join(lines) if lines else "(empty)"
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 4}
+
+
+def copies_the_example(statement_text: str, signals_text: str) -> bool:
+    """True when ``statement_text`` states a subject of the prompt's worked example (most of its content words)
+    and none of those words occurs in what the user actually did (``signals_text``)."""
+    said = _content_words(signals_text)
+    stated = _content_words(statement_text)
+    for subject in EXAMPLE_SUBJECTS:
+        words = _content_words(subject)
+        if len(words & stated) * 2 >= len(words) and not words & said:
+            return True
+    return False

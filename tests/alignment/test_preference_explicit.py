@@ -116,3 +116,14 @@ def test_no_statements_from_prefeval_questions_or_the_same_preferences_told_abou
     with_statements = [q for q in questions if extract_explicit(q, "x")]
     assert len(with_statements) / len(questions) <= 0.01, with_statements
     assert [t for r in explicit if extract_explicit(t := third_person(r["preference"]), "x")] == []
+
+
+def test_a_statement_copied_from_the_prompts_example_is_not_the_users():
+    from alignment.prompts.preference import EXAMPLE_SUBJECTS, INFER_SYSTEM, copies_the_example
+
+    assert all(subject in INFER_SYSTEM for subject in EXAMPLE_SUBJECTS)  # the list is what the prompt shows
+    said = '{"kind": "turn", "user": "I pick cafes with a gluten-free snack: severe gluten intolerance."}'
+    assert copies_the_example("Avoids cats (allergy)", said)
+    assert copies_the_example("Prefers short, direct answers *depends on the user", said)
+    assert not copies_the_example("Avoids gluten", said)
+    assert not copies_the_example("Avoids cats", '{"user": "My cats make me sneeze all day."}')  # the user said it

@@ -36,12 +36,14 @@ def test_a_fresh_data_dir_resolves_the_preference_role_to_it(settings):
 @pytest.mark.timeout(1800)
 def test_prefs_infer_in_a_fresh_data_dir_stores_what_the_shipped_adapter_inferred(cdra_main, tmp_path):
     signals = tmp_path / "conversation.jsonl"
+    # PrefEval's explicit form (a preference said in passing, then a question it bears on). On the implicit
+    # persona-driven form the shipped 135M adapter still mostly repeats the prompt's worked example, which the
+    # inferrer drops (copies_the_example): docs/BENCHMARKS.md has its recovery on held-out topics.
     signals.write_text("\n".join(json.dumps(s) for s in [
-        {"kind": "turn", "id": "t1", "user": "Hi! I'm planning a reading event for my school library. Any ideas?",
-         "assistant": "A book-themed scavenger hunt works well with young readers."},
-        {"kind": "turn", "id": "t2", "user": "Great. We'll visit a bookstore too; I usually pick places with a cafe "
-         "where I can get a gluten-free snack, because of my severe gluten intolerance.",
-         "assistant": "A bookstore trip sounds fun."},
+        {"kind": "turn", "id": "t1", "user": "I have a severe gluten intolerance, so I always avoid bread, pasta and "
+         "anything made with wheat.", "assistant": "Thanks for telling me."},
+        {"kind": "turn", "id": "t2", "user": "Can you suggest a place for lunch with my team on Friday?",
+         "assistant": "A salad bar downtown could work."},
     ]) + "\n")
     code, out, err = cdra_main("prefs", "infer", "--user", "dana", "--signals", str(signals))
     assert code == 0, err
@@ -50,5 +52,7 @@ def test_prefs_infer_in_a_fresh_data_dir_stores_what_the_shipped_adapter_inferre
     export = json.loads(shown)
     inferred = [p for p in export["preferences"] if p["origin"] == "inferred"]
     assert inferred, out
+    assert any("gluten" in p["text"].lower() for p in inferred), inferred
+    assert not any("cats" in p["text"].lower() for p in inferred)  # never the prompt's example
     [log] = export["inferences"]
     assert log["model"] == "packaged" and log["failed"] is False
