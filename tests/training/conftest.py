@@ -66,36 +66,3 @@ def make_prefeval():
 @pytest.fixture(scope="session")
 def prefeval_root(tmp_path_factory) -> Path:
     return fake_prefeval(tmp_path_factory.mktemp("prefeval"))
-
-
-@pytest.fixture
-def cdra_main(monkeypatch, tmp_path, model_cache, capsys):
-    """`cdra ARGS` through ``app.cli.main`` in this process (as tests/app/conftest.py): (exit code, stdout,
-    stderr); the data dir is ``tmp_path / "data"``."""
-    import os
-    import sys
-
-    from app import cli
-
-    cli._register()
-    monkeypatch.setattr(cli, "_register", lambda: None)
-    for key in [k for k in os.environ if k.startswith("CDRA_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("CDRA_MODEL_CACHE_DIR", str(model_cache))
-    umask = os.umask(0o022)
-    os.umask(umask)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["cdra", "--data-dir", str(tmp_path / "data"), *args])
-        capsys.readouterr()
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        finally:
-            os.umask(umask)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
