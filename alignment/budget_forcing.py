@@ -22,7 +22,7 @@ from typing import Literal
 from alignment.engines.base import Conversation, Engine, SamplingParams
 from alignment.formats import OutputFormat, policy_response
 from alignment.prompts.policy import REASONING_PREFIX, start_reasoning
-from alignment.steps import ANSWER_LABEL, STEP_LABEL, parse_response
+from alignment.steps import ANSWER_LABEL, STEP_LABEL, read_response
 
 #: a trailing partial line this short may still become a ``Step k:``/``Answer:`` label: held back while streaming
 _HOLD = 12
@@ -33,8 +33,8 @@ class ReasoningBudget:
     """How long the policy may think and answer: ``max_steps`` steps of ``step_tokens``, an ``answer_tokens`` answer."""
 
     max_steps: int = 3
-    step_tokens: int = 40
-    answer_tokens: int = 160
+    step_tokens: int = 32
+    answer_tokens: int = 128
 
     @property
     def format(self) -> OutputFormat:
@@ -51,7 +51,7 @@ class ReasoningBudget:
 
     @property
     def label(self) -> str:
-        """``3×40+160``: steps × tokens per step + answer tokens (logged, shown under the answer)."""
+        """``3×32+128``: steps × tokens per step + answer tokens (logged, shown under the answer)."""
         return f"{self.max_steps}×{self.step_tokens}+{self.answer_tokens}"
 
     def within(self, max_new_tokens: int) -> ReasoningBudget:
@@ -133,7 +133,7 @@ def _grammar_path(engine, conversation, budget, temperature, top_p, seed, outcom
         if delta:
             text += delta
             yield delta
-    parsed = parse_response(text, max_steps=budget.max_steps)
+    parsed = read_response(text, max_steps=budget.max_steps)
     outcome.steps = len(parsed.steps)
     if any(count(s) >= budget.step_tokens for s in parsed.steps):
         outcome.forced, outcome.forced_by = True, "step_tokens"

@@ -79,6 +79,38 @@ def parse_response(text: str, max_steps: int = MAX_STEPS) -> ParsedResponse:
     return ParsedResponse(tuple(segments), well_formed)
 
 
+def parse_structured(text: str) -> ParsedResponse:
+    """A response known to follow the grammar (alignment/formats ``policy_response``): one ``Step k:`` line per
+    step, then the first line that starts with ``Answer:`` opens the answer, which runs to the end, whatever
+    it contains (an answer may itself say "Step 4:" or "Answer:"; ``parse_response`` would split there)."""
+    segments: list[Segment] = []
+    pos = 0
+    answer = None
+    for line in text.splitlines(keepends=True):
+        label = _ANSWER.match(line)
+        if label:
+            answer = Segment(len(segments), text[pos + label.end():].strip(), pos, len(text), True)
+            break
+        step = _STEP.match(line)
+        if step is None:
+            raise ValueError(f"line {len(segments) + 1} is neither a step nor the answer: {line[:60]!r}")
+        segments.append(Segment(len(segments), line[step.end():].strip(), pos, pos + len(line)))
+        pos += len(line)
+    if answer is None:
+        raise ValueError("no Answer: line")
+    return ParsedResponse((*segments, answer), well_formed=bool(segments) and all(s.text for s in segments))
+
+
+def read_response(text: str, max_steps: int = MAX_STEPS) -> ParsedResponse:
+    """The reading every consumer of a finished response uses: the grammar's structure where the text follows it
+    (``parse_structured``), else the tolerant split of ``parse_response`` (unconstrained output)."""
+    try:
+        parsed = parse_structured(text)
+    except ValueError:
+        return parse_response(text, max_steps)
+    return parsed if len(parsed.steps) <= max_steps else parse_response(text, max_steps)
+
+
 def _segment(text: str, index: int, start: int, end: int, content_start: int) -> Segment:
     return Segment(index, text[content_start:end].strip(), start, end)
 

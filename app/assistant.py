@@ -25,7 +25,7 @@ from alignment.engines import Engine, EngineError, ModelSpec, PromptTooLongError
 from alignment.errors import CdraError
 from alignment.prompts import render
 from alignment.prompts.policy import POLICY_PROMPT, format_preferences
-from alignment.steps import parse_response
+from alignment.steps import read_response
 from app.settings import Settings
 from memory.session_log import SessionLog, TurnRecord, default_log_path
 from memory.tombstones import ForgottenError, now_iso
@@ -101,6 +101,8 @@ class TurnResult:
     explicit_added: list[str] = field(default_factory=list)
     #: how the reasoning went (alignment.budget_forcing.ReasoningOutcome.as_meta()): budget, steps, forced, path
     reasoning: dict = field(default_factory=dict)
+    #: the prompt's length in the engine's tokens (None: an endpoint without a local tokenizer)
+    prompt_tokens: int | None = None
 
 
 @dataclass
@@ -518,7 +520,7 @@ class Assistant:
             budget = reasoning_budget(chat, params.max_new_tokens)
             history = list(history)
             conversation = self.build_prompt(engine, lines, history, query, budget.total_tokens)
-            _check_fits(engine, conversation, budget.total_tokens)  # the client's to fix: nothing is logged
+            prompt_tokens = _check_fits(engine, conversation, budget.total_tokens)  # the client's to fix: not logged
             timings["prompt"] = _ms(t)
             turn_id = uuid.uuid4().hex
             raw, status, error = "", "ok", None
@@ -558,6 +560,7 @@ class Assistant:
                 pieces.close()
             timings["generation"] = _ms(t)
             result = finish()
+            result.prompt_tokens = prompt_tokens
         yield TurnEvent("done" if status == "ok" else "error", text=raw, result=result, error=error)
 
     def _finish(
@@ -586,7 +589,7 @@ class Assistant:
         The log comes first and says ``memory: pending`` until the memory write is done (a crash in
         between is replayed by ``recover_pending``); a user forgotten since ``arrived`` gets neither.
         """
-        parsed = parse_response(raw)
+        parsed = read_response(raw)
         segments = parsed.segments
         has_answer = any(s.is_answer for s in segments)
         steps = [s.text for s in segments if not s.is_answer]
@@ -809,16 +812,19 @@ def _turn_signal(
     )
 
 
-def _check_fits(engine: Engine, conversation: list[dict[str, str]], max_new_tokens: int) -> None:
-    """A prompt that cannot fit even with the history dropped is the client's to fix (too many new tokens)."""
+def _check_fits(engine: Engine, conversation: list[dict[str, str]], max_new_tokens: int) -> int | None:
+    """A prompt that cannot fit even with the history dropped is the client's to fix (too many new tokens).
+    Returns the prompt's tokens where the engine counts them."""
     window = engine.context_window
-    if window is not None:
-        n = engine.count_tokens(conversation)
-        if n + max_new_tokens > window:
-            raise PromptTooLongError(
-                f"the prompt has {n} tokens; with {max_new_tokens} new tokens it exceeds the model's context "
-                f"window of {window}: ask for fewer tokens or send a shorter message"
-            )
+    if window is None:
+        return None
+    n = engine.count_tokens(conversation)
+    if n + max_new_tokens > window:
+        raise PromptTooLongError(
+            f"the prompt has {n} tokens; with {max_new_tokens} new tokens it exceeds the model's context "
+            f"window of {window}: ask for fewer tokens or send a shorter message"
+        )
+    return n
 
 
 def _ms(since: float) -> float:

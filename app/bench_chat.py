@@ -71,6 +71,7 @@ class TurnStats:
     decode_tokens: int
     decode_s: float
     phases: dict[str, float] = field(default_factory=dict)
+    prompt_tokens: int = 0
 
 
 @dataclass
@@ -84,6 +85,7 @@ class BenchResult:
     stats: list[TurnStats] = field(default_factory=list)
     anchor: dict[str, float] = field(default_factory=dict)  # llama.cpp alone (engines/bench.llamacpp_anchor)
     anchor_1: dict[str, float] = field(default_factory=dict)  # the same with one thread
+    anchor_short: dict[str, float] = field(default_factory=dict)  # all threads, a one-line prompt
     anchor_gguf: str = ""
     example: str = ""
 
@@ -142,6 +144,7 @@ def _turn(assistant, engine, query: str, seed: int) -> tuple[TurnStats, str]:
         first_answer_ms=lat.get("first_answer_token", total), total_ms=total, decode_tokens=tokens,
         decode_s=(last_delta - first_delta) if first_delta and last_delta else 0.0,
         phases={k: lat[k] for k in ("retrieval", "prompt", "generation", "logging", "memory_write") if k in lat},
+        prompt_tokens=result.prompt_tokens or 0,
     )
     return stats, result.raw
 
@@ -181,10 +184,12 @@ def run_bench(settings: Settings, turns: int = 30, records: int = 1000, source: 
             if llamacpp_available():
                 gguf = Path(engine.description.removeprefix("llamacpp:")) if engine.description.startswith(
                     "llamacpp:") else packaged_gguf_path()
-                progress(f"llama.cpp alone on {gguf.name}, in its own process ...")
-                out.anchor, out.anchor_gguf = llamacpp_anchor(gguf, new_tokens=128), str(gguf)
+                context = round(statistics.median(t.prompt_tokens for t in out.stats))
+                progress(f"llama.cpp alone on {gguf.name}, in its own process, after a {context}-token prompt ...")
+                out.anchor, out.anchor_gguf = llamacpp_anchor(gguf, new_tokens=128, context_tokens=context), str(gguf)
                 if out.anchor.get("threads", 1) > 1:
-                    out.anchor_1 = llamacpp_anchor(gguf, new_tokens=128, repeats=1, threads=1)
+                    out.anchor_1 = llamacpp_anchor(gguf, new_tokens=128, repeats=1, threads=1, context_tokens=context)
+                out.anchor_short = llamacpp_anchor(gguf, new_tokens=128, repeats=1)
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -210,6 +215,7 @@ def summary(result: BenchResult) -> dict[str, float]:
         "turn_p50_s": _pct([t.total_ms for t in s], 0.5) / 1000,
         "turn_p95_s": _pct([t.total_ms for t in s], 0.95) / 1000,
         "serving_decode_tps": statistics.median(decode) if decode else 0.0,
+        "prompt_tokens_p50": _pct([t.prompt_tokens for t in s], 0.5),
     }
     for phase in ("retrieval", "prompt", "generation", "logging", "memory_write"):
         values = [t.phases[phase] for t in s if phase in t.phases]
@@ -235,6 +241,7 @@ def print_report(result: BenchResult) -> None:
         ("answers present", f"{n['answer_rate']:.0%}", "100 %"),
         ("template echo (steps repeating the prompt)", f"{n['echo_rate']:.1%}", "≤ 5 %"),
         ("reasoning steps per turn (mean)", f"{n['steps_mean']:.2f}", ""),
+        ("prompt tokens, p50", f"{n['prompt_tokens_p50']:.0f}", ""),
         ("answers forced by the budget", f"{n['forced_rate']:.0%}", ""),
         ("time to first token, p50", f"{n['first_token_p50_s']:.2f} s", ""),
         ("time to first answer token, p50 / p95", f"{n['first_answer_p50_s']:.2f} / {n['first_answer_p95_s']:.2f} s", ""),
@@ -243,12 +250,18 @@ def print_report(result: BenchResult) -> None:
     ]
     if result.anchor:
         rows += [
-            (f"llama.cpp alone, {int(result.anchor['threads'])} threads, decode tokens/s",
+            (f"llama.cpp alone, {int(result.anchor['threads'])} threads, after a "
+             f"{int(result.anchor.get('prompt_tokens', 0))}-token prompt: decode tokens/s",
              f"{n['llamacpp_decode_tps']:.1f}", ""),
+            ("llama.cpp alone: prefill tokens/s", f"{result.anchor.get('prefill_tokens_per_s', 0):.0f}", ""),
             ("serving / llama.cpp alone", f"{n['decode_ratio']:.2f}x", "≥ 0.8x"),
         ]
     if result.anchor_1:
-        rows.append(("llama.cpp alone, 1 thread, decode tokens/s", f"{result.anchor_1['decode_tokens_per_s']:.1f}", ""))
+        rows.append(("llama.cpp alone, 1 thread, same prompt: decode tokens/s",
+                     f"{result.anchor_1['decode_tokens_per_s']:.1f}", ""))
+    if result.anchor_short:
+        rows.append(("llama.cpp alone, all threads, a one-line prompt: decode tokens/s",
+                     f"{result.anchor_short['decode_tokens_per_s']:.1f}", ""))
     for phase in ("retrieval", "prompt", "generation", "logging", "memory_write"):
         if f"{phase}_ms_mean" in n:
             rows.append((f"{phase} (mean)", f"{n[f'{phase}_ms_mean']:.1f} ms", ""))

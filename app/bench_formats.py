@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,30 +137,68 @@ def _per_token_ms(engine: Engine, fmt: OutputFormat, convs: list[Conversation], 
     return 1000.0 * wall / max(1, tokens)
 
 
+def _generate_all(engine: Engine, convs: list[Conversation], params: SamplingParams, bar, chunk: int = 4) -> list:
+    """``engine.generate`` over ``convs`` in chunks, so the progress bar moves while a format is decoded."""
+    outs = []
+    for start in range(0, len(convs), chunk):
+        outs += [c[0] for c in engine.generate(convs[start : start + chunk], params)]
+        bar.update(len(convs[start : start + chunk]))
+    return outs
+
+
 def bench_engine(name: str, engine: Engine, cases: dict, timing: int, seed: int,
-                 progress: Callable[[str], None] = lambda _: None) -> list[FormatRow]:
-    """Both modes on one engine; the engine's constraint setting is restored afterwards."""
+                 progress: Callable[[str], None] = lambda _: None, done: Sequence[FormatRow] = (),
+                 on_row: Callable[[FormatRow], None] = lambda _: None) -> list[FormatRow]:
+    """Both modes on one engine; the engine's constraint setting is restored afterwards. Rows in ``done`` (a
+    resumed run) are kept as they are; ``on_row`` gets each new row as soon as it is measured."""
+    from tqdm.auto import tqdm
+
+    finished = {(r.engine, r.format): r for r in done}
     rows: list[FormatRow] = []
+    todo = [label for label in cases if (name, label) not in finished]
     before = engine.constrained
+    total = sum(2 * len(cases[label][1]) + 2 * min(timing, len(cases[label][1])) for label in todo)
+    bar = tqdm(total=total, desc=f"bench formats: {name}", unit="output", dynamic_ncols=True)
     try:
         for label, (fmt, convs) in cases.items():
+            if (name, label) in finished:
+                rows.append(finished[(name, label)])
+                continue
             parsed, examples, tokens = {}, {}, {}
             for mode in ("free", "constrained"):
                 progress(f"{name} {label} {mode}")
+                bar.set_postfix_str(f"{label} {mode}")
                 engine.constrained = mode == "constrained"
                 params = SamplingParams(max_new_tokens=fmt.max_tokens, temperature=0.7, top_p=0.95, seed=seed, format=fmt)
-                outs = [c[0] for c in engine.generate(convs, params)]
+                outs = _generate_all(engine, convs, params, bar)
                 parsed[mode] = sum(_parsed(fmt, o.text) for o in outs)
                 tokens[mode] = sum(o.completion_tokens for o in outs)
                 examples[mode] = outs[0].text[:300]
             progress(f"{name} {label} timing")
+            bar.set_postfix_str(f"{label} ms/token")
             free_ms = _per_token_ms(engine, fmt, convs[:timing], False)
             constrained_ms = _per_token_ms(engine, fmt, convs[:timing], True)
-            rows.append(FormatRow(name, label, len(convs), parsed["free"], parsed["constrained"], free_ms,
-                                  constrained_ms, tokens["free"], tokens["constrained"], examples))
+            bar.update(2 * len(convs[:timing]))
+            row = FormatRow(name, label, len(convs), parsed["free"], parsed["constrained"], free_ms,
+                            constrained_ms, tokens["free"], tokens["constrained"], examples)
+            rows.append(row)
+            on_row(row)
     finally:
         engine.constrained = before
+        bar.close()
     return rows
+
+
+def load_rows(path: Path) -> list[FormatRow]:
+    """The rows an interrupted run saved (``--out``), to resume from; [] when there are none."""
+    if not path.is_file():
+        return []
+    try:
+        return [FormatRow(**r) for r in json.loads(path.read_text(encoding="utf-8"))]
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
+        from alignment.errors import CdraError
+
+        raise CdraError(f"{path} is not a saved `cdra bench formats` result ({exc}): move it away or pass another --out") from None
 
 
 def format_table(rows: list[FormatRow]) -> str:

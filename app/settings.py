@@ -35,8 +35,8 @@ class ChatSettings(BaseModel):
     #: budgeted defensive reasoning (alignment/budget_forcing.py): at most this many reasoning steps of at most
     #: ``step_tokens`` each, then the answer with its own ``answer_tokens``; a budget that runs out forces the answer
     reasoning_steps: int = Field(3, ge=1, le=5)
-    step_tokens: int = Field(40, ge=8, le=512)
-    answer_tokens: int = Field(160, ge=16, le=4096)
+    step_tokens: int = Field(32, ge=8, le=512)
+    answer_tokens: int = Field(128, ge=16, le=4096)
     temperature: float = 0.7
     top_p: float = 0.95
     show_reasoning: bool = True

@@ -160,17 +160,20 @@ def _produced(engine: Engine, convs: list, params: SamplingParams) -> int:
 
 
 def llamacpp_anchor(gguf: Path, new_tokens: int = 128, repeats: int = 3, threads: int | None = None,
-                    timeout_s: float = 900.0, max_run_s: float = 60.0) -> dict[str, float]:
+                    timeout_s: float = 900.0, max_run_s: float = 60.0, context_tokens: int = 0) -> dict[str, float]:
     """llama.cpp alone: a fresh process that imports only llama-cpp-python, with the environment minus the
     OpenMP settings the cdra process makes for torch; greedy decoding of ``new_tokens`` on ``gguf`` (a run that
     takes longer than ``max_run_s``, as on a CPU crowded by other processes, is measured on what it decoded).
-    Returns load_s, tokens_per_s (with the short prompt's prefill), decode_tokens_per_s (first to last token),
-    tokens, threads, peak_rss_mb, version_str."""
+    ``context_tokens``: the prompt is padded to about this many tokens, because decoding slows as the context
+    grows (attention reads every cached position): a chat turn's ~450-token prompt decodes ~40 % slower than
+    a one-line one, so serving is compared with llama.cpp at the same context length.
+    Returns load_s, tokens_per_s (with the prompt's prefill), decode_tokens_per_s (first to last token),
+    prefill_tokens_per_s, prompt_tokens, tokens, threads, peak_rss_mb, version_str."""
     from alignment.engines.cpu_threads import usable_cores
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_", "KMP_"))}
     job = {"gguf": str(gguf), "new_tokens": new_tokens, "repeats": repeats, "threads": threads or usable_cores(),
-           "max_run_s": max_run_s}
+           "max_run_s": max_run_s, "context_tokens": context_tokens}
     try:
         done = subprocess.run([sys.executable, "-m", "alignment.engines.bench", json.dumps(job)], env=env,
                               capture_output=True, text=True, timeout=timeout_s, check=True)
@@ -195,19 +198,31 @@ def _anchor_main(job: dict) -> dict:
     import llama_cpp
 
     threads = int(job["threads"])
+    context = int(job.get("context_tokens", 0))
     start = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=job["gguf"], n_ctx=1024, n_threads=threads, n_threads_batch=threads,
-                          verbose=False)
+    llm = llama_cpp.Llama(model_path=job["gguf"], n_ctx=max(1024, context + int(job["new_tokens"]) + 64),
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
     load_s = time.perf_counter() - start
+    messages = _conversation(PROMPTS[0])
+    if context:
+        filler = llm.tokenize(" ".join(PROMPTS * (1 + context // 60)).encode(), add_bos=False)
+        messages = [{"role": "system", "content": llm.detokenize(filler[: max(0, context - 40)]).decode(
+            "utf-8", errors="ignore")}, *messages]
+    prompt_tokens = [0]
+    prefill = []
 
     def run(tokens: int) -> tuple[int, float, float]:
+        llm.reset()  # no prefix reuse between runs: each one prefills its whole prompt
         t0 = time.perf_counter()
         first, n = None, 0
-        for chunk in llm.create_chat_completion(messages=_conversation(PROMPTS[0]), max_tokens=tokens,
+        for chunk in llm.create_chat_completion(messages=messages, max_tokens=tokens,
                                                 temperature=0.0, top_k=1, stream=True):
             if chunk["choices"][0]["delta"].get("content"):
                 n += 1
-                first = first or time.perf_counter()
+                if first is None:
+                    first = time.perf_counter()
+                    prompt_tokens[0] = llm.n_tokens - 1
+                    prefill.append(prompt_tokens[0] / max(first - t0, 1e-9))
             if time.perf_counter() - t0 > float(job.get("max_run_s", 60.0)):
                 break
         end = time.perf_counter()
@@ -218,6 +233,7 @@ def _anchor_main(job: dict) -> dict:
     llm.close()
     return {"load_s": load_s, "tokens_per_s": statistics.median(r[1] for r in runs),
             "decode_tokens_per_s": statistics.median(r[2] for r in runs), "tokens": runs[-1][0],
+            "prefill_tokens_per_s": statistics.median(prefill[1:] or prefill), "prompt_tokens": prompt_tokens[0],
             "threads": threads, "peak_rss_mb": _own_peak_rss_mb(), "version_str": getattr(llama_cpp, "__version__", "")}
 
 

@@ -38,6 +38,9 @@ DEFAULT_N_CTX = 4096
 _PLAIN = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0}
 #: while streaming, the thread count is revisited every this many tokens
 _RETHREAD_EVERY = 16
+#: prompt tokens evaluated per batch: 128 prefilled a 450-token prompt at 145-158 tokens/s on 2 cores, the
+#: default 512 at 122-127 (smaller matrices stay in cache); decoding is the same
+PREFILL_BATCH = 128
 
 
 class LlamaCppEngine(Engine):
@@ -67,7 +70,8 @@ class LlamaCppEngine(Engine):
         self._threads = threads or usable_cores()
         try:
             self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self._threads,
-                                       n_threads_batch=self._threads, logits_all=True, verbose=False)
+                                       n_threads_batch=self._threads, n_batch=PREFILL_BATCH,
+                                       n_ubatch=PREFILL_BATCH, logits_all=True, verbose=False)
         except Exception as exc:
             raise EngineError(f"llama.cpp could not load {path}: {exc}") from exc
         template = self.llm.metadata.get("tokenizer.chat_template")

@@ -40,13 +40,14 @@ def policy_response(max_steps: int = 3, step_tokens: int = 48, answer_tokens: in
     The bounds are budget forcing in grammar form: a step that reaches its budget is closed, and after the
     last step the only continuation is ``Answer:``; the answer has its own budget and may span lines.
     """
-    from alignment.steps import parse_response
+    from alignment.steps import parse_structured
 
     steps = Numbered(lambda k: seq(step_label(k), Text("step", step_tokens)), min_steps, max_steps, sep="\n")
-    root = seq(steps, ANSWER_LABEL, Text("answer", answer_tokens, multiline=True))
+    answer = Text("answer", answer_tokens, multiline=True, no_line_starts=("Step", ANSWER_LABEL.strip()))
+    root = seq(steps, ANSWER_LABEL, answer)
 
     def build(captures: dict[str, str], text: str):
-        return parse_response(text.strip(), max_steps=max_steps)
+        return parse_structured(text.strip())
 
     return OutputFormat(f"policy_response[{max_steps}x{step_tokens}+{answer_tokens}]", root, build,
                         description="defensive reasoning steps, then the answer")

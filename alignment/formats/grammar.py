@@ -86,6 +86,9 @@ class Text(Node):
     max_tokens_: int
     multiline: bool = False
     exclude: str = ""
+    #: with ``multiline``: no line after the first may begin with one of these (an answer that opens a line with
+    #: "Step 4:" has gone back to reasoning; the grammar closes that door instead of a reader guessing later)
+    no_line_starts: tuple[str, ...] = ()
 
     def _chars(self) -> str:
         banned = _CONTROL + ("" if self.multiline else r"\n") + "".join(re.escape(c) for c in self.exclude)
@@ -98,15 +101,28 @@ class Text(Node):
         # starts with a visible character: a step or critique may not be blank
         return f"{self._visible()}{self._chars()}*"
 
+    def _banned_line(self) -> str:
+        return "\\n(?:" + "|".join(re.escape(p) for p in self.no_line_starts) + ")"
+
     def lark(self, out: Compiled) -> str:
         if self.max_tokens_ < 1:
             raise ValueError(f"text {self.name!r} needs a token bound of at least 1, not {self.max_tokens_}")
-        return out.add(out.fresh(f"text_{self.name}"), f"/{self._lark_regex()}/", f"[max_tokens={self.max_tokens_}]")
+        name = out.fresh(f"text_{self.name}")
+        body = f"/{self._lark_regex()}/"
+        if self.no_line_starts:
+            if not self.multiline:
+                raise ValueError(f"text {self.name!r}: no_line_starts needs multiline text")
+            # llguidance intersects and negates tokens (UPPERCASE rules), not rules
+            token = out.add(name.upper(), f"{body} & ~/(?s:.*{self._banned_line().replace('/', chr(92) + '/')}.*)/")
+            body = token
+        return out.add(name, body, f"[max_tokens={self.max_tokens_}]")
 
     def _lark_regex(self) -> str:
         return self._pattern().replace("/", "\\/")
 
     def regex(self, relaxed: bool = False) -> str:
+        if self.no_line_starts:
+            return f"(?P<{self.name}>{self._visible()}(?:(?!{self._banned_line()}){self._chars()})*)"
         return f"(?P<{self.name}>{self._pattern()})"
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from alignment.steps import parse_response
+from alignment.steps import read_response
 from app.assistant import RetrievedPreference, TurnResult
 
 CSS = """
@@ -18,7 +18,7 @@ CSS = """
 
 def split_reasoning(raw: str) -> tuple[list[str], str]:
     """(steps, answer) of a (possibly partial) response: the same split Pers-GenPRM scores."""
-    segments = parse_response(raw).segments
+    segments = read_response(raw).segments
     steps = [s.text for s in segments if not s.is_answer and s.text]
     answer = next((s.text for s in segments if s.is_answer), "")
     return steps, answer

@@ -21,10 +21,11 @@ from alignment.budget_forcing import (
     _truncate,
     stream_policy,
 )
+from alignment.formats.base import FormatParseError
 from alignment.echo import echo_counts, is_echo
 from alignment.prompts import render
 from alignment.prompts.policy import POLICY_PROMPT, format_preferences, template_text
-from alignment.steps import parse_response
+from alignment.steps import parse_response, read_response
 
 QUERY = "I'm vegetarian. What should I cook for friends this weekend?"
 TINY = ReasoningBudget(max_steps=2, step_tokens=6, answer_tokens=24)  # a step must be cut: forcing is exercised
@@ -69,7 +70,7 @@ def test_a_short_last_line_is_held_back_until_it_cannot_be_a_label():
 
 def test_budget_shrinks_to_a_turn_cap_and_names_itself():
     budget = ReasoningBudget(3, 40, 160)
-    assert budget.label == "3×40+160" and budget.within(10_000) is budget
+    assert budget.label == "3×40+160" and ReasoningBudget().label == "3×32+128" and budget.within(10_000) is budget
     small = budget.within(120)
     assert small.total_tokens <= 120 and small.max_steps == 3 and small.answer_tokens >= 16
 
@@ -180,3 +181,20 @@ def test_threads_leave_a_core_to_in_process_work():
     with in_process_work(cores=1):
         assert pick_threads(cores=2) == 1
     assert pick_threads(cores=1) == 1
+
+
+def test_a_grammar_output_is_read_by_its_structure_even_when_the_answer_mentions_steps():
+    """The grammar allows "Step 4:" or "Answer:" inside the (multi-line) answer: the old "last Answer: wins"
+    split turned such an answer into extra steps (3.17 steps per turn under a budget of 3)."""
+    text = "Step 1: Vegetarian, so no meat.\nStep 2: Short.\nAnswer: Try a risotto.\nStep 3: add peas.\nAnswer: done"
+    parsed = read_response(text, max_steps=3)
+    assert parsed.steps == ["Vegetarian, so no meat.", "Short."]
+    assert parsed.answer == "Try a risotto.\nStep 3: add peas.\nAnswer: done" and parsed.well_formed
+    fmt = ReasoningBudget().format
+    with pytest.raises(FormatParseError):  # the grammar itself no longer lets an answer line go back to steps
+        fmt.parse(text)
+    assert fmt.parse("Step 1: Short.\nAnswer: Try a risotto.\n- Stepping stones: peas").answer.endswith("peas")
+    answer = parsed.segments[-1]
+    assert (answer.start, answer.end) == (text.index("Answer:"), len(text))  # spans cover the text
+    free = "I think so.\n\nAnswer: yes"  # not the grammar's structure: the tolerant split still reads it
+    assert read_response(free).answer == "yes" and read_response(free).steps == ["I think so."]

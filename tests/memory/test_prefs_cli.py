@@ -121,9 +121,9 @@ def test_retrieve_shows_what_the_assistant_would_use_and_show_quotes_the_evidenc
     run("prefs", "add", "--user", "vera", "I can't stand horror movies.")
     out = run("prefs", "retrieve", "--user", "vera", "What should I cook for friends this weekend?").output
     assert "3 of 3 statement(s)" in out and "+  " in out and "Prefers vegetarian options" in out
-    assert "prompt lines:" in out and "Prefers vegetarian options (stated by the user)" in out
+    assert "prompt lines:" in out and "Prefers vegetarian options (stated)" in out
     data = json.loads(run("prefs", "retrieve", "--user", "vera", "What should I cook?", "--json").output)
-    assert data["tokens"] <= data["token_budget"] == 512 and data["prompt_lines"]
+    assert data["tokens"] <= data["token_budget"] == 256 and data["prompt_lines"]
     veg = next(s for s in data["statements"] if s["statement"]["text"] == "Prefers vegetarian options")
     assert veg["used"] and veg["rank"] <= 2 and set(veg) >= {"score", "cosine", "situation", "why"}
     assert "food and drink" in veg["statement"]["applies_to"]

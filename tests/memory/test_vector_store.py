@@ -78,7 +78,7 @@ def test_retrieval_ranks_everything_and_packs_the_budget_pinned_first(store):
     scores = [score for _, score in got.preferences]
     assert scores == sorted(scores, reverse=True)
     lines = got.as_prompt_lines()
-    assert lines[0].endswith(")") and any("stated by the user" in line for line in lines)
+    assert lines[0].endswith(")") and any(line.endswith("(stated)") for line in lines)
     assert any(line.startswith("Earlier conversation") for line in lines)
     tight = dan.retrieve("Suggest a hiking trip for the weekend", token_budget=12)
     assert tight.tokens <= 12 and [s.text for s, _ in tight.preferences] == ["Avoids peanuts (allergy)"]
