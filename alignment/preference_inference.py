@@ -26,6 +26,7 @@ from alignment.preferences import (
     DIMENSIONS,
     PreferenceDescription,
     PreferenceStatement,
+    coherent,
     is_suppressed,
     merge_descriptions,
     now_iso,
@@ -133,6 +134,7 @@ class InferenceResult:
     raws: list[str] = field(default_factory=list)
     call_prompt_tokens: list[int] = field(default_factory=list)  # one entry per model call: bounded by design
     echoed_example: int = 0  # statements dropped because they repeat the prompt's worked example, not the user
+    incoherent: int = 0  # placeholders ("no value") and later statements on a subject the output already stated
 
 
 class PreferenceInferrer:
@@ -184,7 +186,9 @@ class PreferenceInferrer:
             said = " ".join(json.dumps(signal_to_json(s), ensure_ascii=False) for s in chunk)
             grounded = [s for s in parsed.statements if not copies_the_example(s.text, said)]
             result.echoed_example += len(parsed.statements) - len(grounded)
-            fresh = [s for s in grounded if not is_suppressed(s, suppressed)]
+            kept = coherent(grounded)
+            result.incoherent += len(grounded) - len(kept)
+            fresh = [s for s in kept if not is_suppressed(s, suppressed)]
             result.new_statements.extend(fresh)
             current = merge_descriptions(current, fresh, suppressed)
             formats.append(parsed.r_format)

@@ -197,6 +197,29 @@ def same_subject(a: PreferenceStatement, b: PreferenceStatement) -> bool:
     return bool(key) and key == subject_key(b.subject)
 
 
+#: a subject that names no preference: "no value", "no preference", "none", "n/a", "nothing mentioned"
+_NO_SUBJECT = re.compile(
+    r"^(?:no|none|nothing|n/?a|unknown|unclear)(?:\s+(?:\w+\s+)?(?:values?|preferences?|information|info|signals?"
+    r"|content|data|mentioned|stated|given))?[.!]?$", re.IGNORECASE)
+
+
+def states_nothing(subject: str) -> bool:
+    """Whether a subject is a placeholder ("no value", "no preference") rather than something the user prefers."""
+    return bool(_NO_SUBJECT.match(subject.strip()))
+
+
+def coherent(statements: Iterable[PreferenceStatement]) -> list[PreferenceStatement]:
+    """One output's statements as a description can hold them: placeholders dropped, and of statements on the
+    same subject only the first (a model that writes "avoids X" and then "prefers X" has said nothing more by
+    the second; the first is the one it chose when nothing was written yet)."""
+    kept: list[PreferenceStatement] = []
+    for statement in statements:
+        if states_nothing(statement.subject) or any(same_subject(statement, k) for k in kept):
+            continue
+        kept.append(statement)
+    return kept
+
+
 def same_statement(a: PreferenceStatement, b: PreferenceStatement) -> bool:
     """The same statement: the same subject *and* the same stance (never "similar embeddings")."""
     return a.stance == b.stance and same_subject(a, b)

@@ -57,6 +57,26 @@ def _run_dir(settings, kind: str, *parts: object) -> Path:
     return settings.runs_dir / f"prefs-{kind}-{digest}"
 
 
+def _prepare(ctx: typer.Context, data: Path, promote: str):
+    """What every training command starts from: settings, the registry, train and validation records."""
+    from app.cli import settings_from
+    from training.registry import ModelRegistry
+
+    if promote not in ("if-better", "always", "never"):
+        raise CdraError(f"--promote must be if-better, always or never, not {promote!r}")
+    settings = settings_from(ctx)
+    train, path = _records(data, "train")
+    val = _records(data, "validation")[0] if (data / "validation.jsonl").is_file() else []
+    return settings, ModelRegistry(settings.registry_dir), train, path, val
+
+
+def _select(train: list, val: list, tiny: bool, limit: int | None, val_records: int, tiny_train: int) -> tuple[list, list]:
+    """The records a run uses: ``--tiny`` a few explicit/choice ones, else at most ``limit`` (every form kept)."""
+    if tiny:
+        return _spread([r for r in train if r.form in ("explicit", "implicit-choice")], limit or tiny_train), _spread(val, 2)
+    return (_spread(train, limit) if limit else train), _spread(val, val_records)
+
+
 def _start(settings, registry, from_: str):
     from alignment.engines.default_model import ensure_default_model
     from training.pref_trainer import preference_start
@@ -191,25 +211,16 @@ def sft_cmd(
     """Cold-start SFT (Eq. 8: loss on r and d) with LoRA; resumable; registered, promoted only if better."""
     import sys
 
-    from app.cli import settings_from
     from training.pref_trainer import train_sft
     from training.prm_trainer import SFTStageConfig
-    from training.registry import ModelRegistry
 
-    if promote not in ("if-better", "always", "never"):
-        raise CdraError(f"--promote must be if-better, always or never, not {promote!r}")
-    settings = settings_from(ctx)
-    registry = ModelRegistry(settings.registry_dir)
-    train, path = _records(data, "train")
-    val = _records(data, "validation")[0] if (data / "validation.jsonl").is_file() else []
+    settings, registry, train, path, val = _prepare(ctx, data, promote)
+    train, val = _select(train, val, tiny, limit, val_records, tiny_train=4)
     if tiny:
-        train, val = _spread([r for r in train if r.form in ("explicit", "implicit-choice")], limit or 4), _spread(val, 2)
         config = SFTStageConfig(lora_r=4, lora_alpha=8, max_steps=max_steps or 2, batch_size=1, max_length=768,
                                 logging_steps=1, learning_rate=1e-3)
         val_max_new_tokens = min(val_max_new_tokens, 48)
     else:
-        train = _spread(train, limit) if limit else train
-        val = _spread(val, val_records)
         config = SFTStageConfig(lora_r=lora_r, lora_alpha=2 * lora_r, max_steps=max_steps or -1, num_train_epochs=epochs,
                                 learning_rate=lr, batch_size=batch_size, gradient_accumulation_steps=grad_accum,
                                 max_length=max_length, logging_steps=1, warmup_steps=0.05)
@@ -250,19 +261,12 @@ def grpo_cmd(
     import sys
 
     from alignment.preference_inference import InferenceConfig, inference_format
-    from app.cli import settings_from
     from app.models import engine_for
     from training.pref_rewards import GoldScorer, run_sanity_check
     from training.pref_trainer import PrefGRPOConfig, agreement_reward, judge_reward, train_grpo
     from training.prm_trainer import SFTStageConfig
-    from training.registry import ModelRegistry
 
-    if promote not in ("if-better", "always", "never"):
-        raise CdraError(f"--promote must be if-better, always or never, not {promote!r}")
-    settings = settings_from(ctx)
-    registry = ModelRegistry(settings.registry_dir)
-    train, path = _records(data, "train")
-    val = _records(data, "validation")[0] if (data / "validation.jsonl").is_file() else []
+    settings, registry, train, path, val = _prepare(ctx, data, promote)
     if reward == "jud":
         comparisons = [{"id": r.id, "golden": " ".join(r.golds), **r.comparison.model_dump()}
                        for r in val if r.comparison is not None][:sanity_items]
@@ -272,15 +276,13 @@ def grpo_cmd(
             raise CdraError("refusing R_jud: the judge fails the sanity check (a correct preference does not help it), "
                             "so its reward is noise; train with --reward agreement, or configure a stronger `judge` role")
         train = [r for r in train if r.comparison is not None]
+    train, val = _select(train, val, tiny, limit, val_records, tiny_train=2)
     if tiny:
-        train, val = _spread([r for r in train if r.form in ("explicit", "implicit-choice")], limit or 2), _spread(val, 2)
         config = PrefGRPOConfig(num_generations=2, max_completion_length=24, max_steps=max_steps or 2, reward=reward,
                                 learning_rate=1e-4, save_steps=1, seed=settings.seed)
         lora = SFTStageConfig(lora_r=4, lora_alpha=8)
         val_max_new_tokens = min(val_max_new_tokens, 48)
     else:
-        train = _spread(train, limit) if limit else train
-        val = _spread(val, val_records)
         config = PrefGRPOConfig(num_generations=generations, max_completion_length=max_completion_length,
                                 max_steps=max_steps or 20, learning_rate=lr, reward=reward, use_vllm=use_vllm,
                                 prompts_per_step=prompts_per_step, gradient_accumulation_steps=grad_accum,

@@ -105,3 +105,16 @@ def test_suppression_matches_rewordings_and_caps_keep_the_strongest():
     capped = many.capped(5)
     assert len(capped.statements) == 5 and capped.statements[0].subject == "cats"
     assert [s.subject for s in capped.statements[1:]] == ["topic 49", "topic 48", "topic 47", "topic 46"]
+
+
+def test_one_output_keeps_only_coherent_statements():
+    """The shipped 135M adapter writes "avoids X" then "prefers X", or "avoids | no value": neither is stored."""
+    from alignment.preferences import PreferenceStatement, coherent, states_nothing
+
+    made = [PreferenceStatement.make(stance, subject) for stance, subject in (
+        ("avoids", "light-hearted movies"), ("prefers", "light-hearted movies"), ("avoids", "no value"),
+        ("prefers", "no preference"), ("prefers", "science fiction"), ("avoids", "nothing mentioned"),
+        ("prefers", "no-nonsense answers"), ("avoids", "no spicy food"))]
+    assert [s.text for s in coherent(made)] == [
+        "Avoids light-hearted movies", "Prefers science fiction", "Prefers no-nonsense answers", "Avoids no spicy food"]
+    assert states_nothing("None.") and states_nothing("n/a") and not states_nothing("nonfiction")
