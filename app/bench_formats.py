@@ -137,8 +137,9 @@ def _per_token_ms(engine: Engine, fmt: OutputFormat, convs: list[Conversation], 
     return 1000.0 * wall / max(1, tokens)
 
 
-def _generate_all(engine: Engine, convs: list[Conversation], params: SamplingParams, bar, chunk: int = 4) -> list:
-    """``engine.generate`` over ``convs`` in chunks, so the progress bar moves while a format is decoded."""
+def _generate_all(engine: Engine, convs: list[Conversation], params: SamplingParams, bar, chunk: int = 10) -> list:
+    """``engine.generate`` over ``convs`` in chunks, so the progress bar moves while a format is decoded (chunks
+    of 10: a batching engine decodes 10 rows at once much faster than 4 rows 2.5 times)."""
     outs = []
     for start in range(0, len(convs), chunk):
         outs += [c[0] for c in engine.generate(convs[start : start + chunk], params)]
