@@ -137,6 +137,17 @@ class InferenceResult:
     incoherent: int = 0  # placeholders ("no value") and later statements on a subject the output already stated
 
 
+def storable(statements: Sequence[PreferenceStatement], signals: Sequence[Signal]
+             ) -> tuple[list[PreferenceStatement], int, int]:
+    """What of one output may be stored (what `cdra eval prefs` measures, too): statements that repeat the prompt's
+    worked example and that no signal mentions are dropped, then the output made coherent (``coherent``).
+    Returns (kept, dropped as the example's, dropped as incoherent)."""
+    said = " ".join(json.dumps(signal_to_json(s), ensure_ascii=False) for s in signals)
+    grounded = [s for s in statements if not copies_the_example(s.text, said)]
+    kept = coherent(grounded)
+    return kept, len(statements) - len(grounded), len(grounded) - len(kept)
+
+
 class PreferenceInferrer:
     """Infers and updates a user's preference description with one engine (the `preference` role)."""
 
@@ -183,11 +194,9 @@ class PreferenceInferrer:
                 errors.append(error or "no usable output")
                 formats.append(0.0)
                 continue
-            said = " ".join(json.dumps(signal_to_json(s), ensure_ascii=False) for s in chunk)
-            grounded = [s for s in parsed.statements if not copies_the_example(s.text, said)]
-            result.echoed_example += len(parsed.statements) - len(grounded)
-            kept = coherent(grounded)
-            result.incoherent += len(grounded) - len(kept)
+            kept, echoed, incoherent = storable(parsed.statements, chunk)
+            result.echoed_example += echoed
+            result.incoherent += incoherent
             fresh = [s for s in kept if not is_suppressed(s, suppressed)]
             result.new_statements.extend(fresh)
             current = merge_descriptions(current, fresh, suppressed)

@@ -18,7 +18,7 @@ from alignment.errors import CdraError
 from alignment.explicit_extraction import explicit_from_signals
 from alignment.formats import StatementLine
 from alignment.metrics import estimate
-from alignment.preference_inference import InferenceConfig, ParsedInference, PreferenceInferrer
+from alignment.preference_inference import InferenceConfig, ParsedInference, PreferenceInferrer, storable
 from alignment.preference_metrics import (
     METHOD_LABELS,
     _atomic_write,
@@ -183,9 +183,10 @@ def evaluate_inference(items: Sequence[PreferenceTestItem], sources: Sequence[So
                                   max_new_tokens, seed=seed)
             new = []
             for item, (text, parsed) in zip(chunk, outputs):
-                found = [(s.stance, s.subject) for s in parsed.statements]
+                kept = storable(parsed.statements, item.signals)[0]  # what the product would store
+                found = [(s.stance, s.subject) for s in kept]
                 row = statement_row(item, source.name, found, parsed.r_format, scorer, raw=text[:1200])
-                merged = merge_descriptions(item_previous(item) or PreferenceDescription(), parsed.statements)
+                merged = merge_descriptions(item_previous(item) or PreferenceDescription(), kept)
                 description = merged.as_text() if merged.statements else ""
                 _judge_fields(row, item, description or NO_PREFERENCE, parsed.r_format if description else 0.0,
                               judge, gen, seed, metrics)
