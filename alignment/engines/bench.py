@@ -208,32 +208,30 @@ def _anchor_main(job: dict) -> dict:
         filler = llm.tokenize(" ".join(PROMPTS * (1 + context // 60)).encode(), add_bos=False)
         messages = [{"role": "system", "content": llm.detokenize(filler[: max(0, context - 40)]).decode(
             "utf-8", errors="ignore")}, *messages]
-    prompt_tokens = [0]
-    prefill = []
 
-    def run(tokens: int) -> tuple[int, float, float]:
+    def run(tokens: int) -> tuple[int, float, float, int, float]:
+        """(tokens, tokens/s with prefill, decode tokens/s, prompt tokens, prefill tokens/s) of one greedy run."""
         llm.reset()  # no prefix reuse between runs: each one prefills its whole prompt
         t0 = time.perf_counter()
-        first, n = None, 0
+        first, n, prompt = None, 0, 0
         for chunk in llm.create_chat_completion(messages=messages, max_tokens=tokens,
                                                 temperature=0.0, top_k=1, stream=True):
             if chunk["choices"][0]["delta"].get("content"):
                 n += 1
                 if first is None:
-                    first = time.perf_counter()
-                    prompt_tokens[0] = llm.n_tokens - 1
-                    prefill.append(prompt_tokens[0] / max(first - t0, 1e-9))
+                    first, prompt = time.perf_counter(), llm.n_tokens - 1
             if time.perf_counter() - t0 > float(job.get("max_run_s", 60.0)):
                 break
         end = time.perf_counter()
-        return n, n / max(end - t0, 1e-9), (n - 1) / max(end - (first or end), 1e-9)
+        return (n, n / max(end - t0, 1e-9), (n - 1) / max(end - (first or end), 1e-9), prompt,
+                prompt / max((first or end) - t0, 1e-9))
 
     run(8)  # warm-up
     runs = [run(int(job["new_tokens"])) for _ in range(max(1, int(job["repeats"])))]
     llm.close()
     return {"load_s": load_s, "tokens_per_s": statistics.median(r[1] for r in runs),
             "decode_tokens_per_s": statistics.median(r[2] for r in runs), "tokens": runs[-1][0],
-            "prefill_tokens_per_s": statistics.median(prefill[1:] or prefill), "prompt_tokens": prompt_tokens[0],
+            "prefill_tokens_per_s": statistics.median(r[4] for r in runs), "prompt_tokens": runs[-1][3],
             "threads": threads, "peak_rss_mb": _own_peak_rss_mb(), "version_str": getattr(llama_cpp, "__version__", "")}
 
 
