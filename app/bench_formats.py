@@ -3,7 +3,14 @@ rate of free decoding vs constrained decoding and the decode cost per token with
 side by side in one run, on each CPU engine (transformers and llama.cpp on the same packaged model).
 
 Parse rates come from one batched call per (format, mode) over the inputs (the budget is the format's own
-bound); ms/token from greedy batch-1 decodes of the first ``timing`` inputs, wall time over tokens decoded.
+bound). Cost per token from greedy batch-1 decodes of the first ``timing`` inputs, each decoded constrained,
+then freely for at most as many tokens (both modes at the same context lengths), then constrained again:
+
+* wall ms/token, from the first token to the last, in each mode;
+* the engine's sampling clock (``Engine.sampling_clock``), the time spent choosing each token after the forward
+  pass, in each mode. The forward pass is the same in both, so the constraint's cost per token is the clock's
+  difference, and the **overhead** is that cost over the free wall ms/token. Wall time alone varies by several
+  percent from run to run on this machine, more than the constraint costs, so it is shown but not used for it.
 """
 
 from __future__ import annotations
@@ -35,10 +42,26 @@ class FormatRow:
     free_tokens: int = 0
     constrained_tokens: int = 0
     examples: dict[str, str] = field(default_factory=dict)
+    #: the sampling clock per token in each mode; None on engines without one (endpoints)
+    free_sampling_ms: float | None = None
+    constrained_sampling_ms: float | None = None
+
+    @property
+    def constraint_ms_per_token(self) -> float | None:
+        if self.free_sampling_ms is None or self.constrained_sampling_ms is None:
+            return None
+        return self.constrained_sampling_ms - self.free_sampling_ms
 
     @property
     def overhead(self) -> float:
-        return self.constrained_ms_per_token / self.free_ms_per_token - 1.0 if self.free_ms_per_token else 0.0
+        """What the constraint adds to a token: its clocked cost over the free ms/token (wall-time ratio where
+        the engine has no clock)."""
+        if not self.free_ms_per_token:
+            return 0.0
+        cost = self.constraint_ms_per_token
+        if cost is None:
+            return self.constrained_ms_per_token / self.free_ms_per_token - 1.0
+        return cost / self.free_ms_per_token
 
 
 def _jsonl(path: Path, limit: int) -> list[dict]:
@@ -118,23 +141,61 @@ def _parsed(fmt: OutputFormat, text: str) -> bool:
         return False
 
 
-def _per_token_ms(engine: Engine, fmt: OutputFormat, convs: list[Conversation], constrained: bool) -> float:
-    """Greedy batch-1 decode cost per token: streamed, timed from the first token to the last, so prompt
-    processing (and llama.cpp's prompt cache) does not enter the comparison."""
-    engine.constrained = constrained
-    tokens, wall = 0, 0.0
+@dataclass
+class _Decode:
+    tokens: int = 0  # decode steps after the first token
+    wall: float = 0.0  # seconds from the first token to the last
+    sampling: tuple[float, int] = (0.0, 0)  # the engine's sampling clock: seconds, tokens
+
+    def add(self, other: _Decode) -> None:
+        self.tokens += other.tokens
+        self.wall += other.wall
+        self.sampling = (self.sampling[0] + other.sampling[0], self.sampling[1] + other.sampling[1])
+
+    @property
+    def ms_per_token(self) -> float:
+        return 1000.0 * self.wall / max(1, self.tokens)
+
+    @property
+    def sampling_ms(self) -> float:
+        return 1000.0 * self.sampling[0] / self.sampling[1] if self.sampling[1] else 0.0
+
+
+def _stream_once(engine: Engine, conv: Conversation, params: SamplingParams) -> _Decode:
+    """One streamed decode, timed from its first token to its last (prompt processing, and llama.cpp's prompt
+    cache, stay out of the comparison). The steps in that window are counted by the sampling clock where it
+    ticked (a constrained output's last step, the forward pass that yields end-of-sequence, counts like any
+    other; counting text tokens would charge it to the constraint), else by the text's tokens."""
+    clock = engine.sampling_clock
+    start = clock.reading if clock else (0.0, 0)
+    first, text = None, ""
+    for delta in engine.stream(conv, params):
+        first = first if first is not None else time.perf_counter()
+        text += delta
+    wall = time.perf_counter() - first if first is not None else 0.0
+    sampling = clock.since(start) if clock else (0.0, 0)
+    steps = sampling[1] if sampling[1] else (len(engine.encode(text)) if text else 0)  # type: ignore[attr-defined]
+    if first is None or steps <= 1:
+        return _Decode(sampling=sampling)
+    return _Decode(steps - 1, wall, sampling)
+
+
+def _timing(engine: Engine, fmt: OutputFormat, convs: list[Conversation]) -> tuple[_Decode, _Decode]:
+    """(free, constrained) greedy decodes of ``convs``. Each input is decoded constrained, then freely for at
+    most as many tokens as the constrained output had (the same context lengths), then constrained again: the
+    two constrained decodes bracket the free one, so what runs first (a warmer cache, a drifting clock) does
+    not favour either mode."""
+    free, constrained = _Decode(), _Decode()
+    params = SamplingParams(max_new_tokens=fmt.max_tokens, format=fmt)
     for conv in convs:
-        first, text = None, ""
-        for delta in engine.stream(conv, SamplingParams(max_new_tokens=fmt.max_tokens, format=fmt)):
-            first = first if first is not None else time.perf_counter()
-            text += delta
-        if first is None:
-            continue
-        n = len(engine.encode(text))  # type: ignore[attr-defined]
-        if n > 1:
-            wall += time.perf_counter() - first
-            tokens += n - 1
-    return 1000.0 * wall / max(1, tokens)
+        engine.constrained = True
+        before = _stream_once(engine, conv, params)
+        engine.constrained = False
+        free.add(_stream_once(engine, conv, SamplingParams(max_new_tokens=max(2, before.tokens + 1))))
+        engine.constrained = True
+        constrained.add(before)
+        constrained.add(_stream_once(engine, conv, params))
+    return free, constrained
 
 
 def _generate_all(engine: Engine, convs: list[Conversation], params: SamplingParams, bar, chunk: int = 10) -> list:
@@ -158,7 +219,7 @@ def bench_engine(name: str, engine: Engine, cases: dict, timing: int, seed: int,
     rows: list[FormatRow] = []
     todo = [label for label in cases if (name, label) not in finished]
     before = engine.constrained
-    total = sum(2 * len(cases[label][1]) + 2 * min(timing, len(cases[label][1])) for label in todo)
+    total = sum(2 * len(cases[label][1]) + 3 * min(timing, len(cases[label][1])) for label in todo)
     bar = tqdm(total=total, desc=f"bench formats: {name}", unit="output", dynamic_ncols=True)
     try:
         for label, (fmt, convs) in cases.items():
@@ -177,11 +238,12 @@ def bench_engine(name: str, engine: Engine, cases: dict, timing: int, seed: int,
                 examples[mode] = outs[0].text[:300]
             progress(f"{name} {label} timing")
             bar.set_postfix_str(f"{label} ms/token")
-            free_ms = _per_token_ms(engine, fmt, convs[:timing], False)
-            constrained_ms = _per_token_ms(engine, fmt, convs[:timing], True)
-            bar.update(2 * len(convs[:timing]))
-            row = FormatRow(name, label, len(convs), parsed["free"], parsed["constrained"], free_ms,
-                            constrained_ms, tokens["free"], tokens["constrained"], examples)
+            free, constrained = _timing(engine, fmt, convs[:timing])
+            bar.update(3 * len(convs[:timing]))
+            clocked = engine.sampling_clock is not None
+            row = FormatRow(name, label, len(convs), parsed["free"], parsed["constrained"], free.ms_per_token,
+                            constrained.ms_per_token, tokens["free"], tokens["constrained"], examples,
+                            free.sampling_ms if clocked else None, constrained.sampling_ms if clocked else None)
             rows.append(row)
             on_row(row)
     finally:
@@ -203,11 +265,14 @@ def load_rows(path: Path) -> list[FormatRow]:
 
 
 def format_table(rows: list[FormatRow]) -> str:
-    lines = ["| engine | format | inputs | parsed, free | parsed, constrained | ms/token free | ms/token constrained | overhead |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| engine | format | inputs | parsed, free | parsed, constrained | ms/token free | ms/token constrained "
+             "| constraint ms/token | overhead |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        cost = r.constraint_ms_per_token
         lines.append(f"| {r.engine} | {r.format} | {r.inputs} | {r.free_parsed}/{r.inputs} "
                      f"({100 * r.free_parsed / r.inputs:.0f} %) | {r.constrained_parsed}/{r.inputs} "
                      f"({100 * r.constrained_parsed / r.inputs:.0f} %) | {r.free_ms_per_token:.1f} | "
-                     f"{r.constrained_ms_per_token:.1f} | {100 * r.overhead:+.1f} % |")
+                     f"{r.constrained_ms_per_token:.1f} | {'n/a' if cost is None else f'{cost:.2f}'} | "
+                     f"{100 * r.overhead:+.1f} % |")
     return "\n".join(lines)

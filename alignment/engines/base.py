@@ -103,6 +103,29 @@ class Scored:
         return self.logprob / max(1, self.num_tokens)
 
 
+@dataclass
+class SamplingClock:
+    """Time an engine spends choosing each token after the forward pass (sampling, and the grammar mask when
+    constrained). The forward pass is the same in both modes, so what a constraint costs per token is the
+    difference of this clock between the modes: exact where wall time per token varies by several percent
+    from run to run and with the length of what was decoded (``cdra bench formats`` reads it)."""
+
+    seconds: float = 0.0
+    tokens: int = 0
+
+    def add(self, seconds: float, tokens: int = 1) -> None:
+        self.seconds += seconds
+        self.tokens += tokens
+
+    def since(self, start: tuple[float, int]) -> tuple[float, int]:
+        """(seconds, tokens) added since ``start`` (a ``reading``)."""
+        return self.seconds - start[0], self.tokens - start[1]
+
+    @property
+    def reading(self) -> tuple[float, int]:
+        return self.seconds, self.tokens
+
+
 class Engine(abc.ABC):
     """A chat model that can generate and score. Implementations: transformers, vLLM, OpenAI-compatible."""
 
@@ -116,6 +139,8 @@ class Engine(abc.ABC):
     constrained: bool = True
     #: bounded re-generations of an output that is not in its format (engines that cannot enforce formats)
     format_retries: int = 2
+    #: per-token sampling time, on engines that run their own decoding loop (None elsewhere)
+    sampling_clock: SamplingClock | None = None
 
     def can_enforce(self, fmt: OutputFormat) -> bool:
         """Whether this backend can constrain decoding to ``fmt`` (local engines: always)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from alignment.engines.base import (
     Engine,
     EngineError,
     PromptTooLongError,
+    SamplingClock,
     SamplingParams,
     Scored,
     check_conversation,
@@ -68,8 +70,9 @@ class LlamaCppEngine(Engine):
                               "or use backend=transformers")
         self.fixed_threads = threads
         self._threads = threads or usable_cores()
+        self.sampling_clock = SamplingClock()
         try:
-            self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self._threads,
+            self.llm = _clocked_llama(llama_cpp.Llama, self.sampling_clock)(model_path=str(path), n_ctx=n_ctx, n_threads=self._threads,
                                        n_threads_batch=self._threads, n_batch=PREFILL_BATCH,
                                        n_ubatch=PREFILL_BATCH, logits_all=True, verbose=False)
         except Exception as exc:
@@ -251,6 +254,20 @@ class LlamaCppEngine(Engine):
 
     def close(self) -> None:
         self.llm.close()
+
+
+def _clocked_llama(llama_class: type, clock: SamplingClock) -> type:
+    """``llama_class`` whose ``sample`` (the sampler chain, with the grammar hook when constrained) adds its
+    time to ``clock``: the one step of a token that differs between free and constrained decoding."""
+
+    class ClockedLlama(llama_class):  # type: ignore[misc, valid-type]
+        def sample(self, *args, **kwargs):
+            began = time.perf_counter()
+            token = super().sample(*args, **kwargs)
+            clock.add(time.perf_counter() - began)
+            return token
+
+    return ClockedLlama
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from alignment.engines.base import (
     Engine,
     EngineError,
     PromptTooLongError,
+    SamplingClock,
     SamplingParams,
     Scored,
     check_conversation,
@@ -76,6 +77,8 @@ class TransformersEngine(Engine):
         self.version = version or hashlib.sha1(self.description.encode()).hexdigest()[:10]
         self._lock = threading.Lock()
         self._bridge = None
+        #: the grammar processor's own time (transformers' sampling is the same in both modes, so not timed)
+        self.sampling_clock = SamplingClock()
 
     # -- constrained decoding (alignment/formats) -------------------------------------------------------
     def can_enforce(self, fmt) -> bool:
@@ -90,7 +93,7 @@ class TransformersEngine(Engine):
         if self._bridge is None:
             width = self.model.get_output_embeddings().weight.shape[0]
             self._bridge = TokenizerBridge.from_hf(self.tokenizer, width)
-        return {"logits_processor": [HFGrammarProcessor(self._bridge, params.format, rows)]}
+        return {"logits_processor": [HFGrammarProcessor(self._bridge, params.format, rows, self.sampling_clock)]}
 
     # -- prompts ---------------------------------------------------------------------------------
     def prompt_ids(self, conversation: Conversation) -> list[int]:

@@ -24,6 +24,8 @@ StepsOpt = Annotated[int | None, typer.Option("--max-steps", min=1, help="optimi
 PromoteOpt = Annotated[str, typer.Option("--promote", help="if-better (beat serving on held-out records), always, never")]
 FromOpt = Annotated[str, typer.Option("--from", help="serving (continue the serving or packaged adapter) or base (a fresh LoRA)")]
 ExportOpt = Annotated[Path | None, typer.Option("--export", help="also copy the adapter + card here (e.g. alignment/adapters/preference)")]
+SkipOpt = Annotated[int, typer.Option("--skip", min=0, help="skip the first N records of the round-robin order (continue "
+                                       "an adapter trained with --limit N on records it has not seen)")]
 ValOpt = Annotated[int, typer.Option("--val-records", min=0, help="held-out records for the promotion comparison "
                                                      "(greedy, unconstrained: R_format counts)")]
 
@@ -70,11 +72,16 @@ def _prepare(ctx: typer.Context, data: Path, promote: str):
     return settings, ModelRegistry(settings.registry_dir), train, path, val
 
 
-def _select(train: list, val: list, tiny: bool, limit: int | None, val_records: int, tiny_train: int) -> tuple[list, list]:
-    """The records a run uses: ``--tiny`` a few explicit/choice ones, else at most ``limit`` (every form kept)."""
+def _select(train: list, val: list, tiny: bool, limit: int | None, val_records: int, tiny_train: int,
+            skip: int = 0) -> tuple[list, list]:
+    """The records a run uses: ``--tiny`` a few explicit/choice ones, else at most ``limit`` (every form kept),
+    after the first ``skip`` of that round-robin order (what an earlier run with ``--limit skip`` trained on)."""
     if tiny:
         return _spread([r for r in train if r.form in ("explicit", "implicit-choice")], limit or tiny_train), _spread(val, 2)
-    return (_spread(train, limit) if limit else train), _spread(val, val_records)
+    ordered = _spread(train, skip + limit if limit else len(train))[skip:]
+    if not ordered:
+        raise CdraError(f"--skip {skip} leaves none of the {len(train)} training records")
+    return ordered, _spread(val, val_records)
 
 
 def _start(settings, registry, from_: str):
@@ -201,6 +208,7 @@ def sft_cmd(
     lora_r: Annotated[int, typer.Option(min=1, help="LoRA rank")] = 8,
     max_length: Annotated[int, typer.Option(help="tokens per example")] = 1280,
     limit: Annotated[int | None, typer.Option(min=1, help="at most N training records (round-robin over forms)")] = None,
+    skip: SkipOpt = 0,
     val_records: ValOpt = 16,
     val_max_new_tokens: Annotated[int, typer.Option(help="tokens per validation output")] = 200,
     from_: FromOpt = "serving",
@@ -215,7 +223,7 @@ def sft_cmd(
     from training.prm_trainer import SFTStageConfig
 
     settings, registry, train, path, val = _prepare(ctx, data, promote)
-    train, val = _select(train, val, tiny, limit, val_records, tiny_train=4)
+    train, val = _select(train, val, tiny, limit, val_records, tiny_train=4, skip=skip)
     if tiny:
         config = SFTStageConfig(lora_r=4, lora_alpha=8, max_steps=max_steps or 2, batch_size=1, max_length=768,
                                 logging_steps=1, learning_rate=1e-3)
@@ -225,7 +233,7 @@ def sft_cmd(
                                 learning_rate=lr, batch_size=batch_size, gradient_accumulation_steps=grad_accum,
                                 max_length=max_length, logging_steps=1, warmup_steps=0.05)
     start = _start(settings, registry, from_)
-    out = _run_dir(settings, "sft", path, len(train), config.to_dict(), start.adapter, tiny)
+    out = _run_dir(settings, "sft", path, len(train), config.to_dict(), start.adapter, tiny, *([skip] if skip else []))
     typer.echo(f"SFT on {len(train)} records from {start.adapter or 'the base model'} in {out} (rerun to resume)", err=True)
     result = train_sft(train, start, out, config, eval_records=val[:8], save_steps=save_steps)
     m = result.metrics
@@ -249,6 +257,7 @@ def grpo_cmd(
     grad_accum: Annotated[int, typer.Option(min=1, help="gradient accumulation steps")] = 1,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-5,
     limit: Annotated[int | None, typer.Option(min=1, help="at most N prompts (round-robin over forms)")] = None,
+    skip: SkipOpt = 0,
     val_records: ValOpt = 16,
     val_max_new_tokens: Annotated[int, typer.Option(help="tokens per validation output")] = 200,
     sanity_items: Annotated[int, typer.Option(min=4, help="comparisons for the judge's sanity check (--reward jud)")] = 40,
@@ -276,7 +285,7 @@ def grpo_cmd(
             raise CdraError("refusing R_jud: the judge fails the sanity check (a correct preference does not help it), "
                             "so its reward is noise; train with --reward agreement, or configure a stronger `judge` role")
         train = [r for r in train if r.comparison is not None]
-    train, val = _select(train, val, tiny, limit, val_records, tiny_train=2)
+    train, val = _select(train, val, tiny, limit, val_records, tiny_train=2, skip=skip)
     if tiny:
         config = PrefGRPOConfig(num_generations=2, max_completion_length=24, max_steps=max_steps or 2, reward=reward,
                                 learning_rate=1e-4, save_steps=1, seed=settings.seed)
@@ -295,7 +304,7 @@ def grpo_cmd(
     else:
         funcs = [agreement_reward(fmt, GoldScorer(), soft=reward == "agreement-soft", log=log)]
     start = _start(settings, registry, from_)
-    out = _run_dir(settings, f"grpo-{reward}", path, len(train), config.to_dict(), start.adapter, tiny)
+    out = _run_dir(settings, f"grpo-{reward}", path, len(train), config.to_dict(), start.adapter, tiny, *([skip] if skip else []))
     typer.echo(f"GRPO ({reward}) on {len(train)} prompts from {start.adapter or 'the base model'} in {out} "
                "(rerun to resume)", err=True)
     result = train_grpo(train, start, out, config, funcs, lora, log=log)

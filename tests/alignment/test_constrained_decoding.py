@@ -86,3 +86,12 @@ def test_langchain_passes_the_format_to_the_engine_underneath(default_engine):
     assert lc.enforces(fmt)
     out = lc.generate([ASK], SamplingParams(temperature=0.9, seed=1, format=fmt))[0][0]
     assert out.format_error is None and 0.0 <= out.parsed <= 1.0
+
+
+def test_the_sampling_clock_times_each_token_choice(engine):
+    """What `cdra bench formats` reads for the constraint's cost: one tick per sampled token, its time > 0."""
+    clock = engine.sampling_clock
+    start = clock.reading
+    out = engine.generate([ASK], SamplingParams(format=FORMATS["value"]))[0][0]
+    seconds, ticks = clock.since(start)
+    assert seconds > 0 and out.completion_tokens <= ticks <= out.completion_tokens + 1  # + the end-of-sequence

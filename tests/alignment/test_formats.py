@@ -116,3 +116,36 @@ def test_an_invalid_declaration_fails_at_start_up_naming_the_format():
         OutputFormat("broken_choice", seq(Lit("x"), Choice("c", ())), lambda c, t: c)
     with pytest.raises(FormatDeclarationError, match="broken_bound"):
         OutputFormat("broken_bound", seq(Text("t", -3)), lambda c, t: c)
+
+
+def test_masking_a_strided_logits_view_sets_exactly_the_forbidden_tokens():
+    """llama.cpp hands the hook a strided view (token data structs); logits wider than the mask lose the rest."""
+    import numpy as np
+
+    from alignment.formats.constrain import mask_numpy
+
+    data = np.zeros(40, dtype=np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True))
+    data["logit"] = np.arange(40, dtype=np.single)
+    forbidden = np.zeros(36, dtype=bool)
+    forbidden[[0, 5, 35]] = True
+    view = data["logit"]
+    assert not view.flags["C_CONTIGUOUS"]
+    mask_numpy(view, forbidden)
+    masked = np.flatnonzero(np.isinf(data["logit"]))
+    assert masked.tolist() == [0, 5, 35, 36, 37, 38, 39]
+    assert data["logit"][1] == 1.0 and (data["id"] == 0).all()  # the other fields are untouched
+
+
+def test_masking_leaves_only_the_allowed_tokens_when_they_are_few_or_many():
+    import numpy as np
+
+    from alignment.formats.constrain import mask_numpy
+
+    rng = np.random.default_rng(0)
+    for share in (0.0, 0.001, 0.05, 0.5, 1.0):
+        logits = rng.normal(size=1000).astype(np.single)
+        forbidden = rng.random(1000) >= share
+        masked = logits.copy()
+        mask_numpy(masked, forbidden)
+        assert np.array_equal(np.isinf(masked), forbidden)
+        assert np.array_equal(masked[~forbidden], logits[~forbidden])

@@ -16,6 +16,9 @@ def test_bench_formats_measures_saves_and_resumes(cdra_main, tmp_path):
     assert [(r["engine"], r["format"]) for r in rows] == [("llamacpp", "step_judgment"), ("llamacpp", "verdict_yesno")]
     assert all(r["inputs"] == 2 and r["constrained_parsed"] == 2 for r in rows)
     assert all(r["free_ms_per_token"] > 0 and r["constrained_ms_per_token"] > 0 for r in rows)
+    # llama.cpp's sampling clock ran in both modes; the grammar mask makes choosing a token dearer, never free
+    assert all(0 < r["free_sampling_ms"] < r["constrained_sampling_ms"] for r in rows)
+    assert "| constraint ms/token | overhead |" in stdout
     assert "| llamacpp | step_judgment | 2 | " in stdout and "2/2 (100 %)" in stdout
 
     out.write_text(json.dumps(rows[:1]), encoding="utf-8")  # as if interrupted after the first format
