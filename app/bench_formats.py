@@ -265,8 +265,8 @@ def load_rows(path: Path) -> list[FormatRow]:
 
 
 def format_table(rows: list[FormatRow]) -> str:
-    lines = ["| engine | format | inputs | parsed, free | parsed, constrained | ms/token free | ms/token constrained "
-             "| constraint ms/token | overhead |",
+    lines = [("| engine | format | inputs | parsed, free | parsed, constrained | ms/token free | ms/token constrained "
+              "| constraint ms/token | overhead |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cost = r.constraint_ms_per_token
