@@ -4,7 +4,6 @@ OpenAI-compatible server, app/server.py, serving the real default model); the st
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import threading
@@ -21,8 +20,8 @@ from alignment.budget_forcing import (
     _truncate,
     stream_policy,
 )
-from alignment.formats.base import FormatParseError
 from alignment.echo import echo_counts, is_echo
+from alignment.formats.base import FormatParseError
 from alignment.prompts import render
 from alignment.prompts.policy import POLICY_PROMPT, format_preferences, template_text
 from alignment.steps import parse_response, read_response
@@ -98,7 +97,6 @@ def _grammar_run(engine, budget):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
 def test_grammar_path_on_llamacpp_forces_the_answer(model_cache):
     from alignment.engines import ModelSpec, build_engine
 

@@ -1,17 +1,11 @@
 """The llama.cpp engine on the packaged GGUF itself: same prompt tokens as transformers, generation,
 streaming, and scores close to the dequantized transformers model."""
 
-import importlib.util
-
 import pytest
 
 from alignment.engines import EngineError, ModelSpec, SamplingParams, build_engine
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                       reason="llama-cpp-python is an optional extra (pip install '.[bench]')"),
-]
+pytestmark = pytest.mark.slow
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -5,8 +5,6 @@ token, so SFT targets and constrained outputs agree."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from alignment.critique import format_step_judgment
@@ -53,8 +51,6 @@ def test_each_format_parses_on_transformers(default_engine):
     _check_engine(default_engine)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                    reason="llama-cpp-python is an optional extra (pip install '.[bench]')")
 def test_each_format_parses_on_llamacpp(model_cache):
     engine = build_engine(ModelSpec(backend="llamacpp"), model_cache, cache=False)
     try:

@@ -3,17 +3,13 @@ llama.cpp, what transformers with the adapter scores; promotion writes it and th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
 from alignment.engines import ModelSpec, SamplingParams, build_engine
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python"),
-]
+pytestmark = pytest.mark.slow
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 TEXTS = ["The capital of France is Paris.", "Banana purple seventeen."]
