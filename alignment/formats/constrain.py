@@ -65,18 +65,24 @@ class TokenizerBridge:
                 self._compiled[fmt] = proto
             return proto.deep_copy()
 
-    def known_start_forbidden(self, fmt: Any) -> np.ndarray | None:
-        return self._start_masks.get(fmt)
-
     def start_forbidden(self, fmt: Any) -> np.ndarray:
         """The tokens ``fmt`` forbids first (read-only): the same for every sequence, so computed once (the
         first mask of a sequence is its dearest, and a verdict has only ~10 tokens to spread it over)."""
         mask = self._start_masks.get(fmt)
         if mask is None:
-            mask = SequenceConstraint(self, fmt).forbidden().copy()
+            words = np.empty((self.vocab_size + 31) // 32, dtype=np.int32)
+            mask = _forbidden_tokens(self.matcher(fmt), words, self.vocab_size).copy()
             mask.flags.writeable = False
             self._start_masks[fmt] = mask
         return mask
+
+
+def _forbidden_tokens(matcher: Any, words: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Boolean mask of the tokens ``matcher`` does not allow next, a view of ``words`` (reused per step). The
+    bitmask is inverted before unpacking: 1/32 of the work of negating the unpacked mask."""
+    matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
+    np.invert(words, out=words)
+    return np.unpackbits(words.view(np.uint8), count=vocab_size, bitorder="little").view(bool)
 
 
 class SequenceConstraint:
@@ -107,17 +113,12 @@ class SequenceConstraint:
 
     def forbidden(self) -> np.ndarray:
         """Boolean mask over the vocabulary of the tokens *not* allowed next; all but end-of-sequence once
-        finished. (The bitmask is inverted before unpacking: 1/32 of the work of negating the unpacked mask.)"""
+        finished; at the start, the bridge's shared mask for this format."""
         if self.finished:
             return self._all_but_eos
         if self._at_start:
-            known = self.bridge.known_start_forbidden(self.format)
-            if known is not None:
-                return known
-        self.matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
-        np.invert(self._words, out=self._words)
-        bits = np.unpackbits(self._words.view(np.uint8), count=self.bridge.vocab_size, bitorder="little")
-        return bits.view(bool)
+            return self.bridge.start_forbidden(self.format)
+        return _forbidden_tokens(self.matcher, self._words, self.bridge.vocab_size)
 
 
 def mask_numpy(scores: np.ndarray, forbidden: np.ndarray) -> None:
