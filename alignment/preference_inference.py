@@ -30,6 +30,7 @@ from alignment.preferences import (
     is_suppressed,
     merge_descriptions,
     now_iso,
+    plain_stance,
 )
 from alignment.prompts import render
 from alignment.prompts.preference import (
@@ -66,7 +67,8 @@ def to_statements(lines: Sequence[StatementLine], signal_ids: Sequence[str], whe
     created = when or now_iso()
     out: dict[str, PreferenceStatement] = {}
     for line in lines:
-        statement = PreferenceStatement.make(line.stance, line.subject, dimension=line.dimension,  # type: ignore[arg-type]
+        stance, subject = plain_stance(line.stance, line.subject)
+        statement = PreferenceStatement.make(stance, subject, dimension=line.dimension,  # type: ignore[arg-type]
                                              evidence=list(signal_ids), confidence=line.confidence,
                                              origin="inferred", created=created)
         out.setdefault(statement.id, statement)

@@ -208,6 +208,22 @@ def states_nothing(subject: str) -> bool:
     return bool(_NO_SUBJECT.match(subject.strip()))
 
 
+#: a subject that negates its own stance: "prefers | avoiding crowds" says "avoids | crowds"
+_NEGATED_SUBJECT = re.compile(
+    r"^(?:avoiding|to avoid|not having|not to|not|no longer|never|staying away from|steering clear of)\s+(?=\S)",
+    re.IGNORECASE)
+
+
+def plain_stance(stance: str, subject: str) -> tuple[str, str]:
+    """``(stance, subject)`` with the negation moved into the stance: "prefers | avoiding films with violence" is
+    "avoids | films with violence". Without it the memory holds two subjects for one preference, and the
+    conflict rule ("avoids X" against "prefers X") never sees that they meet."""
+    found = _NEGATED_SUBJECT.match(subject.strip())
+    if stance == "prefers" and found:
+        return "avoids", subject.strip()[found.end():]
+    return stance, subject
+
+
 def coherent(statements: Iterable[PreferenceStatement]) -> list[PreferenceStatement]:
     """One output's statements as a description can hold them: placeholders dropped, and of statements on the
     same subject only the first (a model that writes "avoids X" and then "prefers X" has said nothing more by

@@ -118,3 +118,20 @@ def test_one_output_keeps_only_coherent_statements():
     assert [s.text for s in coherent(made)] == [
         "Avoids light-hearted movies", "Prefers science fiction", "Prefers no-nonsense answers", "Avoids no spicy food"]
     assert states_nothing("None.") and states_nothing("n/a") and not states_nothing("nonfiction")
+
+
+def test_a_negated_subject_is_stored_under_the_stance_it_states():
+    """The adapter writes "prefers | avoiding films with graphic violence": memory stores "Avoids films with
+    graphic violence", so it meets "prefers | films with graphic violence" as a conflict, not a second subject."""
+    from alignment.formats import StatementLine
+    from alignment.preference_inference import to_statements
+    from alignment.preferences import plain_stance
+
+    lines = [StatementLine("prefers", "values", "avoiding films with graphic violence", 0.9),
+             StatementLine("prefers", "style", "not being asked follow-up questions", 0.7),
+             StatementLine("prefers", "values", "nonfiction and notebooks", 0.6)]
+    assert [s.text for s in to_statements(lines, ["e1"])] == [
+        "Avoids films with graphic violence", "Avoids being asked follow-up questions", "Prefers nonfiction and notebooks"]
+    assert plain_stance("prefers", "to avoid crowds") == ("avoids", "crowds")
+    assert plain_stance("prefers", "not-so-spicy food") == ("prefers", "not-so-spicy food")
+    assert plain_stance("avoids", "not enough detail") == ("avoids", "not enough detail")  # left as written
