@@ -131,25 +131,45 @@ def _compare_and_register(settings, registry, start, result, kind: str, val, pro
     typer.echo(f"registered preference {model.version} at {model.path}; "
                + ("now serving" if ok else "not promoted") + f" ({reason})")
     if export is not None and ok:  # the shipped adapter is replaced only by a version that beat it
-        _export(result, export, data_path, command, {kind: result.metrics, **metrics, "version": model.version})
+        _export(result, export, data_path, command, {kind: result.metrics, **metrics, "version": model.version},
+                continued=start.adapter)
     elif export is not None:
         typer.echo(f"not exported to {export}: {model.version} was not promoted")
 
 
-def _export(result, target: Path, data_path: Path, command: str, metrics: dict) -> None:
-    """The adapter (only its config and weights) + the data card + how to reproduce it, where the package ships it."""
+def _export(result, target: Path, data_path: Path, command: str, metrics: dict, continued: Path | None = None) -> None:
+    """The adapter (only its config and weights) + the data card + how to reproduce it, where the package ships it.
+    A run that continued the adapter it replaces (``--from serving`` on a fresh install) keeps that adapter's
+    TRAINING.md below its own: without the earlier stages the command alone does not reproduce it."""
+    from training.scenarios import write_text_atomic
+
     target.mkdir(parents=True, exist_ok=True)
+    earlier = target / "TRAINING.md"
+    same = continued is not None and Path(continued).resolve() == target.resolve() and earlier.is_file()
+    before = earlier.read_text(encoding="utf-8") if same else ""
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy2(result.adapter_dir / name, target / name)
     card = (data_path.parent / "data_card.md") if data_path.is_file() else None
     text = card.read_text(encoding="utf-8") if card and card.is_file() else ""
-    trained = json.dumps(metrics, indent=2, default=str)
-    (target / "TRAINING.md").write_text(
-        f"# How this adapter was trained\n\n```\n{command}\n```\n\nMetrics of the run:\n\n```json\n{trained}\n```\n",
-        encoding="utf-8")
+    write_text_atomic(target / "TRAINING.md", training_record(command, metrics, before))
     if text:
-        (target / "DATA_CARD.md").write_text(text, encoding="utf-8")
+        write_text_atomic(target / "DATA_CARD.md", text)
     typer.echo(f"exported the adapter to {target}")
+
+
+def training_record(command: str, metrics: dict, before: str = "") -> str:
+    """TRAINING.md: this run's command and metrics; then, demoted one heading level, the record of the adapter
+    it continued (run those stages first)."""
+    trained = json.dumps(metrics, indent=2, default=str)
+    text = f"# How this adapter was trained\n\n```\n{command}\n```\n\nMetrics of the run:\n\n```json\n{trained}\n```\n"
+    if not before.strip():
+        return text
+    lines, fenced = [], False
+    earlier = before.strip().replace("# How this adapter was trained", "# It continued this adapter: reproduce that one first", 1)
+    for line in earlier.splitlines():
+        fenced ^= line.startswith("```")
+        lines.append("#" + line if line.startswith("#") and not fenced else line)
+    return text + "\n" + "\n".join(lines) + "\n"
 
 
 @prefs_train_app.command("data")
