@@ -200,14 +200,30 @@ class Seq(Node):
     parts: tuple[Node, ...]
 
     def lark(self, out: Compiled) -> str:
-        return " ".join(p.lark(out) for p in self.parts)
+        return " ".join(p.lark(out) for p in _text_takes_leading_space(self.parts))
 
     def regex(self, relaxed: bool = False) -> str:
-        return "".join(p.regex(relaxed) for p in self.parts)
+        return "".join(p.regex(relaxed) for p in _text_takes_leading_space(self.parts))
 
     @property
     def max_tokens(self) -> int:
         return sum(p.max_tokens for p in self.parts)
+
+
+def _text_takes_leading_space(parts: tuple[Node, ...]) -> tuple[Node, ...]:
+    """Free text followed by a literal that opens with whitespace the text may hold ("… | confidence "): the
+    whitespace moves into the text (the reader strips it). llguidance lexes greedily and never backtracks, so
+    the text would take the space itself and the literal could then not start: the model's own token " |" was
+    forbidden and every constrained subject ran on to its token bound."""
+    out = list(parts)
+    for i in range(len(out) - 1):
+        text, lit = out[i], out[i + 1]
+        if isinstance(text, Text) and isinstance(lit, Lit):
+            rest = lit.text.lstrip()
+            space = lit.text[:len(lit.text) - len(rest)]
+            if space and rest and re.fullmatch(f"{text._chars()}+", space):
+                out[i + 1] = Lit(rest)
+    return tuple(out)
 
 
 def seq(*parts: Node | str) -> Seq:

@@ -18,6 +18,7 @@ from alignment.formats import (
     step_judgment,
     verdict,
 )
+from alignment.formats.constrain import TokenizerBridge
 from alignment.preferences import DIMENSIONS
 
 pytestmark = pytest.mark.slow
@@ -62,6 +63,35 @@ def test_every_format_comes_out_parsed_and_finished(engine, name):
         assert completion.parsed == fmt.parse(completion.text)  # exactly the declared format, strictly
         assert completion.finish_reason == "stop" and completion.completion_tokens <= fmt.max_tokens
     assert engine.format_stats["failed"] == 0
+
+
+#: well-formed outputs a model would write: the grammar must accept them as the engine tokenizes them
+WRITTEN = {
+    "preference": "<think>[e1] The user says they avoid heights.</think>\n<answer>\n"
+                  "- avoids | values | activities that involve heights | confidence 0.70\n</answer>",
+    "policy": "Step 1: The user is vegetarian.\nAnswer: A lentil soup.",
+    "step_judgment": "Critique: It respects the diet.\nSCORE: 0.50",
+    "scenario": "PREFERENCE: Keeps answers short.\nQUERY: What should I cook?",
+}
+
+
+def _bridge(engine) -> TokenizerBridge:
+    if hasattr(engine, "llm"):
+        return TokenizerBridge.from_llamacpp(engine.llm)
+    return TokenizerBridge.from_hf(engine.tokenizer, engine.model.get_output_embeddings().weight.shape[0])
+
+
+@pytest.mark.parametrize("name", list(WRITTEN))
+def test_the_grammar_accepts_a_well_formed_output_token_by_token(engine, name):
+    """A free text followed by " | confidence " once made the model's own token " |" illegal, so every
+    constrained subject ran on to its bound; the reader alone could not see it."""
+    fmt, text = FORMATS[name], WRITTEN[name]
+    fmt.parse(text)
+    matcher = _bridge(engine).matcher(fmt)
+    ids = engine.encode(text)
+    for i, token in enumerate(ids):
+        assert matcher.consume_token(token), f"{name}: rejected {engine.decode([token])!r} after {engine.decode(ids[:i])!r}"
+    assert matcher.is_accepting()
 
 
 def test_streamed_output_is_in_the_format_too(engine):

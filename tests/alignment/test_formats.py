@@ -17,13 +17,14 @@ from alignment.formats import (
     council_value,
     declared_formats,
     policy_response,
+    preference_inference,
     preference_selection,
     scenario,
     step_judgment,
     verdict,
 )
 from alignment.formats.constrain import validate_grammar
-from alignment.formats.grammar import Choice, Lit, Text, decimal_regex, seq
+from alignment.formats.grammar import Choice, Compiled, Lit, Text, decimal_regex, seq
 from alignment.steps import format_response
 
 
@@ -149,3 +150,17 @@ def test_masking_leaves_only_the_allowed_tokens_when_they_are_few_or_many():
         mask_numpy(masked, forbidden)
         assert np.array_equal(np.isinf(masked), forbidden)
         assert np.array_equal(masked[~forbidden], logits[~forbidden])
+
+
+def test_free_text_takes_the_space_that_opens_the_literal_after_it():
+    """llguidance lexes free text greedily: " | confidence " after a subject could never start once the subject
+    had taken the space, so the space belongs to the subject in the grammar and in the reader (which strips it)."""
+    line = seq(Text("subject", 8, exclude="|"), " | confidence ", Choice("c", ("0.5",)))
+    assert '"| confidence "' in line.lark(Compiled()) and '" | confidence "' not in line.lark(Compiled())
+    for written in ("short answers | confidence 0.5", "short answers| confidence 0.5"):
+        assert re.fullmatch(line.regex(), written)["subject"].strip() == "short answers"
+    newline_kept = seq(Text("critique", 8), "\nSCORE: ")  # single-line text may not hold the newline: unchanged
+    assert '"\\nSCORE: "' in newline_kept.lark(Compiled())
+    fmt = preference_inference(("values",), max_statements=1, think_tokens=8, statement_tokens=6)
+    read = fmt.parse("<think>e1 says so.</think>\n<answer>\n- avoids | values | heights | confidence 0.70\n</answer>")
+    assert read.statements[0].subject == "heights"
