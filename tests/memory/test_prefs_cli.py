@@ -73,11 +73,13 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
 
 @pytest.mark.slow
 def test_infer_stores_explicit_at_once_and_never_stores_a_failed_inference(run, tmp_path, monkeypatch):
-    """Decoding freely (the role set to ``constrained = false``), the 135M model does not write the format: the
-    run fails after its retries, is logged, and stores nothing inferred."""
+    """Decoding freely (the role set to ``constrained = false``) on the untrained base model (``backend =
+    "default"``: the packaged model without the shipped adapter, which has learned the format), the output is
+    never in the format: the run fails after its retries, is logged, and stores nothing inferred."""
     from alignment.errors import CdraError
 
     monkeypatch.setenv("CDRA_PREFERENCE__CONSTRAINED", "false")
+    monkeypatch.setenv("CDRA_PREFERENCE__BACKEND", "default")
 
     signals = tmp_path / "signals.jsonl"
     signals.write_text("\n".join(json.dumps(s) for s in [
