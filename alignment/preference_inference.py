@@ -5,6 +5,8 @@ description. Streaming by construction: every call sees at most ``max_previous_s
 The output format is declared once (alignment/formats: ``preference_inference``) and enforced by constrained
 decoding where the engine can; an unconstrained model's output is read by the declaration's relaxed reader
 (R_format 0), retried with other seeds up to ``max_retries`` times when unreadable, then reported as failed.
+The first output is greedy; with ``votes``, sampled outputs vote on its statements and the unsupported ones are
+not stored (alignment/consensus.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from alignment.consensus import Agreement, supported
 from alignment.engines.base import Completion, Engine, EngineError, PromptTooLongError, SamplingParams
 from alignment.formats import (
     FormatParseError,
@@ -98,18 +101,24 @@ class InferenceConfig:
     ``max_signals_per_call`` (more new signals are folded in chunks), ``max_signal_chars``.
     The output format's bounds: ``think_tokens`` of reasoning, at most ``max_statements`` lines of at most
     ``statement_tokens`` each (the generation budget is at least the format's longest output).
-    Robustness: ``max_retries`` extra samples (other seeds) when nothing usable came back;
-    ``accept_lenient`` keeps statements an unconstrained model wrote in a relaxed form (R_format = 0).
+    Decoding: the first attempt at ``temperature`` (greedy), ``max_retries`` extra samples at
+    ``sample_temperature`` (other seeds) when nothing usable came back; ``accept_lenient`` keeps statements an
+    unconstrained model wrote in a relaxed form (R_format = 0).
+    Defence against junk: with ``votes`` > 0, that many samples (one engine call) vote on the usable output, and
+    a statement fewer than ``min_support`` of them state is dropped (``Agreement`` says when two say the same).
     """
 
     max_new_tokens: int = 64
     think_tokens: int = 96
     max_statements: int = 5
     statement_tokens: int = 20
-    temperature: float = 0.9  # the paper's sampling: T = 0.9, top-p 0.95
+    temperature: float = 0.0  # the first attempt is greedy: what `cdra eval prefs` measures, and it stores far less junk
+    sample_temperature: float = 0.9  # the paper's sampling (T = 0.9, top-p 0.95): retries, votes, teacher chains
     top_p: float = 0.95
     seed: int = 0
     max_retries: int = 2
+    votes: int = 0  # sampled outputs that vote on the first one's statements (alignment/consensus.py); 0: no vote
+    min_support: int = 1  # votes that must state a statement for it to be kept
     accept_lenient: bool = True
     max_previous_statements: int = 24
     max_signals_per_call: int = 16
@@ -136,6 +145,7 @@ class InferenceResult:
     raws: list[str] = field(default_factory=list)
     call_prompt_tokens: list[int] = field(default_factory=list)  # one entry per model call: bounded by design
     echoed_example: int = 0  # statements dropped because they repeat the prompt's worked example, not the user
+    unsupported: int = 0  # statements dropped because too few of the votes stated them
     incoherent: int = 0  # placeholders ("no value") and later statements on a subject the output already stated
 
 
@@ -153,10 +163,12 @@ def storable(statements: Sequence[PreferenceStatement], signals: Sequence[Signal
 class PreferenceInferrer:
     """Infers and updates a user's preference description with one engine (the `preference` role)."""
 
-    def __init__(self, engine: Engine, config: InferenceConfig | None = None) -> None:
+    def __init__(self, engine: Engine, config: InferenceConfig | None = None,
+                 agreement: Agreement | None = None) -> None:
         self.engine = engine
         self.config = config or InferenceConfig()
         self.format = inference_format(self.config)
+        self.agreement = agreement or Agreement()
 
     def prompt(self, signals: Sequence[Signal], previous: PreferenceDescription | None) -> list:
         """The chat messages for one call: INFER without d_prev, UPDATE with the capped d_prev."""
@@ -260,8 +272,9 @@ class PreferenceInferrer:
         problems: list[str] = []
         best: ParsedInference | None = None
         for attempt in range(cfg.max_retries + 1):
-            params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, seed=cfg.seed + attempt, format=self.format)
+            params = SamplingParams(max_new_tokens=cfg.max_new_tokens, top_p=cfg.top_p, seed=cfg.seed + attempt,
+                                    temperature=cfg.temperature if attempt == 0 else cfg.sample_temperature,
+                                    format=self.format)
             try:
                 completion = self.engine.generate([conversation], params)[0][0]
             except PromptTooLongError:
@@ -278,11 +291,36 @@ class PreferenceInferrer:
             result.raws.append(completion.text)
             parsed = self.read(completion.text, ids)
             if parsed.r_format == 1.0 and parsed.statements:
-                return parsed, None
+                return self.voted(parsed, conversation, signals, result), None
             if parsed.statements and cfg.accept_lenient and best is None:
                 best = parsed
                 break
             problems.append(f"attempt {attempt + 1}: " + ", ".join(parsed.problems or ["no statement"]))
         if best is not None:
-            return best, None
+            return self.voted(best, conversation, signals, result), None
         return None, "model output broke the format: " + "; ".join(problems)
+
+    def voted(self, parsed: ParsedInference, conversation: list, signals: Sequence[Signal],
+              result: InferenceResult | None = None) -> ParsedInference:
+        """``parsed`` (the output for ``conversation``) without the statements that could be stored (``storable``)
+        but fewer than ``min_support`` of ``votes`` further samples state; their cost and the dropped count go
+        into ``result``."""
+        cfg = self.config
+        candidates = storable(parsed.statements, signals)[0]
+        if cfg.votes <= 0 or not candidates:
+            return parsed
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature,
+                                top_p=cfg.top_p, n=cfg.votes, seed=cfg.seed + 1000, format=self.format)
+        try:
+            completions = self.engine.generate([conversation], params)[0]
+        except EngineError as exc:  # no vote is no reason to lose the output: keep it as it was
+            parsed.problems.append(f"votes: {exc}")
+            return parsed
+        ids = [s.id for s in signals]
+        votes = [self.read(c.text, ids).statements for c in completions]
+        weak = {id(s) for s, n in zip(candidates, supported(candidates, votes, self.agreement)) if n < cfg.min_support}
+        if result is not None:
+            result.completion_tokens += sum(c.completion_tokens for c in completions)
+            result.unsupported += len(weak)
+        kept = [s for s in parsed.statements if id(s) not in weak]  # what `storable` drops is left to it (and counted)
+        return ParsedInference(parsed.reasoning, kept, parsed.r_format, parsed.problems)

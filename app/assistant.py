@@ -349,6 +349,7 @@ class InferenceWorker:
                 {
                     "signals": len(signals),
                     "new_statements": len(result.new_statements),
+                    "unsupported": result.unsupported,
                     "r_format": result.r_format,
                     "failed": result.failed,
                     "wall_s": round(result.wall_s, 2),
@@ -409,15 +410,11 @@ class Assistant:
             log.exception("could not replay turns whose memory write was interrupted")
 
     def _make_inferrer(self):
-        from alignment.preference_inference import InferenceConfig, PreferenceInferrer
-        from app.models import engine_for
+        from app.models import preference_inferrer
 
-        cfg = InferenceConfig(
-            max_new_tokens=self.config.infer_max_new_tokens,
-            max_retries=self.config.infer_retries,
-            max_signals_per_call=self.config.infer_max_signals,
-        )
-        return PreferenceInferrer(engine_for(self.settings, "preference"), cfg)
+        return preference_inferrer(self.settings, max_new_tokens=self.config.infer_max_new_tokens,
+                                   max_retries=self.config.infer_retries,
+                                   max_signals_per_call=self.config.infer_max_signals)
 
     def close(self) -> None:
         if self.worker is not None:

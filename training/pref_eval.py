@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignment.consensus import Agreement
 from alignment.engines.base import Engine, SamplingParams
 from alignment.errors import CdraError
 from alignment.explicit_extraction import explicit_from_signals
@@ -65,11 +66,12 @@ def has_comparison(item: PreferenceTestItem) -> bool:
 # -- batched inference ----------------------------------------------------------------------------------
 def infer_batch(engine: Engine, cases: Sequence[tuple[Sequence, PreferenceDescription | None]],
                 config: InferenceConfig | None = None, batch_size: int = 8, max_new_tokens: int = 256,
-                temperature: float = 0.0, seed: int = 0, progress: Callable[[int], None] | None = None
-                ) -> list[tuple[str, ParsedInference]]:
+                temperature: float = 0.0, seed: int = 0, progress: Callable[[int], None] | None = None,
+                agreement: Agreement | None = None) -> list[tuple[str, ParsedInference]]:
     """One generation per (signals, d_prev) case, ``batch_size`` prompts per engine call. Unconstrained engines
-    stop at ``max_new_tokens`` (a trained output is ~130 tokens); constrained ones get the format's bound."""
-    inferrer = PreferenceInferrer(engine, config or InferenceConfig())
+    stop at ``max_new_tokens`` (a trained output is ~130 tokens); constrained ones get the format's bound.
+    With ``config.votes``, each output is then voted on as the product does (``PreferenceInferrer.voted``)."""
+    inferrer = PreferenceInferrer(engine, config or InferenceConfig(), agreement)
     enforced = engine.enforces(inferrer.format)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=inferrer.config.top_p,
                             seed=seed, format=inferrer.format if enforced else None)
@@ -77,9 +79,10 @@ def infer_batch(engine: Engine, cases: Sequence[tuple[Sequence, PreferenceDescri
     for start in range(0, len(cases), batch_size):
         chunk = cases[start:start + batch_size]
         convs = [inferrer.prompt(list(s), p) for s, p in chunk]
-        for (signals, _), completions in zip(chunk, engine.generate(convs, params)):
+        for (signals, _), conv, completions in zip(chunk, convs, engine.generate(convs, params)):
             text = completions[0].text
-            out.append((text, inferrer.read(text, [s.id for s in signals])))
+            ids = [s.id for s in signals]
+            out.append((text, inferrer.voted(inferrer.read(text, ids), conv, signals)))  # no votes: as read
         if progress:
             progress(len(chunk))
     return out
@@ -141,7 +144,8 @@ def evaluate_inference(items: Sequence[PreferenceTestItem], sources: Sequence[So
                        judge: Engine | None = None, gen: Engine | None = None, metrics: Sequence[str] = ("jud",),
                        config: InferenceConfig | None = None, out_dir: str | Path | None = None, seed: int = 0,
                        batch_size: int = 8, max_new_tokens: int = 256, setup: Mapping | None = None,
-                       progress: Callable[[str, int], Callable[[int], None]] | None = None) -> list[dict]:
+                       progress: Callable[[str, int], Callable[[int], None]] | None = None,
+                       agreement: Agreement | None = None) -> list[dict]:
     """Rows for every (item, source); with ``out_dir`` rows are appended as they come and a rerun resumes."""
     rows: list[dict] = []
     rows_path = None
@@ -180,7 +184,7 @@ def evaluate_inference(items: Sequence[PreferenceTestItem], sources: Sequence[So
         for start in range(0, len(todo), batch_size):  # one batch at a time, so an interruption loses little
             chunk = todo[start:start + batch_size]
             outputs = infer_batch(source.engine, [(i.signals, item_previous(i)) for i in chunk], config, batch_size,
-                                  max_new_tokens, seed=seed)
+                                  max_new_tokens, seed=seed, agreement=agreement)
             new = []
             for item, (text, parsed) in zip(chunk, outputs):
                 kept = storable(parsed.statements, item.signals)[0]  # what the product would store

@@ -75,6 +75,8 @@ def register_eval(eval_app: typer.Typer) -> None:
         threshold: Annotated[float | None, typer.Option(help="agreement threshold of 'states the gold' (default: the calibrated one)")] = None,
         constrained: Annotated[bool, typer.Option("--constrained/--unconstrained", help="decode the models with or without the format's grammar (R_format: unconstrained)")] = False,
         max_new_tokens: Annotated[int, typer.Option(help="tokens per unconstrained output")] = 256,
+        votes: Annotated[int, typer.Option(min=0, max=16, help="sampled outputs that vote on each statement, as the product's inference.votes")] = 0,
+        min_support: Annotated[int, typer.Option(min=1, help="votes a statement needs to be kept")] = 1,
         batch_size: Annotated[int, typer.Option(min=1, help="prompts per generation call")] = 8,
         sanity: Annotated[bool, typer.Option("--sanity/--no-sanity", help="the judge's sanity check (Golden above Null) first")] = True,
         gen_role: Annotated[str, typer.Option(help="model role that scores replies for R_gen")] = "judge",
@@ -139,16 +141,22 @@ def register_eval(eval_app: typer.Typer) -> None:
             bars[name] = tqdm(total=total, desc=f"eval prefs: {name}", unit="item")
             return bars[name].update
 
+        from alignment.consensus import Agreement
+        from alignment.preference_inference import InferenceConfig
+
+        setup = {"constrained": constrained} | ({"votes": votes, "min_support": min_support} if votes else {})
         rows = evaluate_inference(items, chosen, scorer, judge, gen, wanted, out_dir=out_dir, seed=seed,
-                                  batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                  setup={"constrained": constrained}, progress=progress)
+                                  batch_size=batch_size, max_new_tokens=max_new_tokens, setup=setup,
+                                  progress=progress, config=InferenceConfig(votes=votes, min_support=min_support),
+                                  agreement=Agreement(similarity=scorer.similarity, threshold=DEFAULT_THRESHOLD))
         for bar in bars.values():
             bar.close()
         summary = summarize_rows(rows, chosen, seed=seed)
         write_summary(out_dir, summary, extra | {"threshold": scorer.threshold})
         typer.echo(f"{len(items)} items of {testset} ({len(compared)} with a comparison); 'states the gold' = same "
                    f"stance and cosine >= {scorer.threshold:.3f}; models decoded "
-                   f"{'with' if constrained else 'without'} the format's grammar")
+                   f"{'with' if constrained else 'without'} the format's grammar"
+                   + (f", statements kept when >= {min_support} of {votes} sampled votes state them" if votes else ""))
         typer.echo(summary_table(summary))
         typer.echo(f"rows and summary in {out_dir}")
         if "sanity_check" in extra:

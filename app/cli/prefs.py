@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -83,7 +83,7 @@ def retrieve_cmd(
     user: User,
     query: Annotated[str, typer.Argument(help="a message, as the user would send it")],
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object instead of text")] = False,
-    token_budget: Annotated[Optional[int], typer.Option("--budget", min=1, help="tokens (default: memory.token_budget)")] = None,
+    token_budget: Annotated[int | None, typer.Option("--budget", min=1, help="tokens (default: memory.token_budget)")] = None,
 ) -> None:
     """What the assistant would put into its prompt for QUERY from USER's memory, with scores (and what
     it leaves out, and why)."""
@@ -127,9 +127,7 @@ def add_cmd(ctx: typer.Context, user: User,
             text: Annotated[str, typer.Argument(help='in your words, e.g. "I\'m allergic to cats"')]) -> None:
     """Add preferences in USER's own words (read by the explicit extractor; else stored as written)."""
     from alignment.explicit_extraction import extract_explicit
-    from alignment.preferences import PreferenceStatement
-
-    from alignment.preferences import Evidence, now_iso
+    from alignment.preferences import Evidence, PreferenceStatement, now_iso
 
     said = f"cli-{now_iso()}"  # each `prefs add` is its own evidence: saying it again adds to it, it never replaces it
     found = extract_explicit(text, said)
@@ -147,10 +145,10 @@ def edit_cmd(
     ctx: typer.Context,
     user: User,
     statement_id: Annotated[str, typer.Argument(help="the id shown by `cdra prefs show`")],
-    text: Annotated[Optional[str], typer.Option("--text", help="new sentence")] = None,
-    stance: Annotated[Optional[str], typer.Option("--stance", help="prefers | avoids")] = None,
-    dimension: Annotated[Optional[str], typer.Option("--dimension", help="e.g. style, privacy, health")] = None,
-    confidence: Annotated[Optional[float], typer.Option("--confidence", min=0.0, max=1.0)] = None,
+    text: Annotated[str | None, typer.Option("--text", help="new sentence")] = None,
+    stance: Annotated[str | None, typer.Option("--stance", help="prefers | avoids")] = None,
+    dimension: Annotated[str | None, typer.Option("--dimension", help="e.g. style, privacy, health")] = None,
+    confidence: Annotated[float | None, typer.Option("--confidence", min=0.0, max=1.0)] = None,
 ) -> None:
     """Correct one statement; the old wording is never brought back by inference."""
     if text is None and stance is None and dimension is None and confidence is None:
@@ -180,7 +178,7 @@ def forget_cmd(ctx: typer.Context, user: User,
 
 @prefs_app.command("export")
 def export_cmd(ctx: typer.Context, user: User,
-               out: Annotated[Optional[Path], typer.Option("--out", "-o", help="file (default: stdout)")] = None) -> None:
+               out: Annotated[Path | None, typer.Option("--out", "-o", help="file (default: stdout)")] = None) -> None:
     """Everything stored for USER as JSON."""
     text = json.dumps(_user_memory(ctx, user).export(), indent=2, ensure_ascii=False)
     if out is None:
@@ -212,31 +210,40 @@ def infer_cmd(
     signals: Annotated[Path, typer.Option("--signals", "-s", help="behavioral signals, JSONL (formats.md)")],
     max_new_tokens: Annotated[int, typer.Option(help="tokens for the reasoning and the description")] = 384,
     retries: Annotated[int, typer.Option(help="extra samples when the output breaks the format")] = 2,
-    seed: Annotated[int, typer.Option(help="sampling seed of the first attempt")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the sampled retries and votes (the first output is greedy)")] = 0,
+    votes: Annotated[int | None, typer.Option(min=0, max=16, help="sampled outputs that vote on each statement (default: settings inference.votes)")] = None,
+    min_support: Annotated[int | None, typer.Option(min=1, help="votes a statement needs to be stored (default: settings inference.min_support)")] = None,
 ) -> None:
     """Infer USER's preferences from a signal file and store them (explicit statements first, at once)."""
+    from pydantic import ValidationError
+
     from alignment.explicit_extraction import explicit_from_signals
-    from alignment.preference_inference import InferenceConfig, PreferenceInferrer
     from alignment.preferences import PreferenceDescription
     from alignment.signals import read_signals
     from app.cli import settings_from
-    from app.models import engine_for
+    from app.models import preference_inferrer
+    from app.settings import InferenceSettings
     from memory.vector_store import VectorMemory
 
     parsed = read_signals(signals)  # the whole file is validated before anything is written
     settings = settings_from(ctx)
+    overrides = {k: v for k, v in {"votes": votes, "min_support": min_support}.items() if v is not None}
+    try:
+        inference = InferenceSettings.model_validate(settings.inference.model_dump() | overrides)
+    except ValidationError as exc:
+        raise CdraError(f"--votes/--min-support: {exc.errors()[0]['msg']}") from None
+    settings = settings.model_copy(update={"inference": inference})
     memory = VectorMemory(settings.memory, settings.chroma_dir).for_user(user)
     explicit = explicit_from_signals(parsed)
     if explicit:
         memory.add_preferences(explicit)
         typer.echo(f"stored {len(explicit)} explicit statement(s) from the signals")
-    inferrer = PreferenceInferrer(engine_for(settings, "preference"),
-                                  InferenceConfig(max_new_tokens=max_new_tokens, max_retries=retries, seed=seed))
+    inferrer = preference_inferrer(settings, max_new_tokens=max_new_tokens, max_retries=retries, seed=seed)
     previous = PreferenceDescription(statements=memory.list_preferences())
     typer.echo(f"inferring from {len(parsed)} signal(s) with {inferrer.engine.description} …", err=True)
     result = inferrer.infer(parsed, previous, suppressed=memory.suppressed())
     summary = {"signals": len(parsed), "failed": result.failed, "r_format": result.r_format,
-               "attempts": result.attempts, "statements": len(result.new_statements),
+               "attempts": result.attempts, "statements": len(result.new_statements), "unsupported": result.unsupported,
                "error": result.error or "", "model": inferrer.engine.version, "source": str(signals)}
     memory.record_inference(summary, raw=result.raw)
     if result.failed:
@@ -245,7 +252,9 @@ def infer_cmd(
     from alignment.preferences import with_inference_sources
 
     stored = memory.add_preferences(with_inference_sources(result.new_statements, parsed, result.reasoning))
-    typer.echo(f"R_format={result.r_format:.0f}; {len(result.new_statements)} statement(s) inferred, "
+    unsupported = f", {result.unsupported} dropped as too few of {settings.inference.votes} votes stated them" \
+        if settings.inference.votes else ""
+    typer.echo(f"R_format={result.r_format:.0f}; {len(result.new_statements)} statement(s) inferred{unsupported}, "
                f"{len(stored)} stored or updated")
     _print_statements([s for s in memory.list_preferences() if s.id in set(stored)], memory)
 
@@ -255,7 +264,7 @@ def build_testset_cmd(
     prefeval: Annotated[Path, typer.Option("--prefeval", help="PrefEval benchmark_dataset/ directory")] = DEFAULT_PREFEVAL,
     out: Annotated[Path, typer.Option("--out", "-o", help="test set JSONL to write")] = DEV_PREFS_TESTSET,
     signals_from: Annotated[str, typer.Option(help="persona | choice | both: where the signals E come from")] = "persona",
-    limit_per_topic: Annotated[Optional[int], typer.Option(help="at most this many items per topic")] = None,
+    limit_per_topic: Annotated[int | None, typer.Option(help="at most this many items per topic")] = None,
     seed: Annotated[int, typer.Option(help="seed for the rejected option")] = 0,
 ) -> None:
     """Import PrefEval's implicit records into the preference-inference test set (formats.md)."""

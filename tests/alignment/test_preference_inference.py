@@ -75,3 +75,22 @@ def test_many_new_signals_are_folded_in_bounded_chunks(default_engine):
     assert len(result.call_prompt_tokens) == 2 and result.call_prompt_tokens[0] == first
     one_call = default_engine.count_tokens(inferrer.prompt(signals, previous))
     assert max(result.call_prompt_tokens) < one_call  # the second chunk sees d_prev updated by the first
+
+
+@pytest.mark.slow
+def test_votes_drop_the_statements_too_few_samples_state(default_engine):
+    """The votes are real samples of the same prompt; the agreement decides which of them count as support."""
+    import numpy as np
+
+    from alignment.consensus import Agreement
+
+    every = Agreement(similarity=lambda a, b: np.ones((len(a), len(b))), threshold=0.5)
+    none = Agreement(similarity=lambda a, b: np.zeros((len(a), len(b))), threshold=0.5)
+    config = InferenceConfig(max_retries=0, votes=2, min_support=2, **SMALL)
+    alone = PreferenceInferrer(default_engine, InferenceConfig(max_retries=0, **SMALL)).infer(SIGNALS)
+    kept = PreferenceInferrer(default_engine, config, every).infer(SIGNALS)
+    dropped = PreferenceInferrer(default_engine, config, none).infer(SIGNALS)
+    assert alone.new_statements and [s.text for s in kept.new_statements] == [s.text for s in alone.new_statements]
+    assert kept.unsupported == 0 and kept.completion_tokens > alone.completion_tokens  # two more samples were drawn
+    assert dropped.new_statements == [] and dropped.unsupported == len(alone.new_statements)
+    assert not dropped.failed and dropped.r_format == 1.0  # the output was well formed: nothing was supported

@@ -50,9 +50,12 @@ def test_prefs_infer_in_a_fresh_data_dir_stores_what_the_shipped_adapter_inferre
     assert "adapter" in err and "preference" in err  # inferred by the shipped adapter
     code, shown, _ = cdra_main("prefs", "export", "--user", "dana")
     export = json.loads(shown)
-    inferred = [p for p in export["preferences"] if p["origin"] == "inferred"]
+    # what the adapter inferred is stored: a new statement, or (when it says what the user stated, as greedy
+    # decoding here does) a reinforcement of the explicit one, which then carries the inference's reasoning
+    inferred = [p for p in export["preferences"]
+                if any(e["origin"] == "inferred" and e["reasoning"] for e in p["sources"])]
     assert inferred, out
-    assert any("gluten" in p["text"].lower() for p in inferred), inferred
+    assert any(w in p["text"].lower() for p in inferred for w in ("gluten", "wheat")), inferred
     assert not any("cats" in p["text"].lower() for p in inferred)  # never the prompt's example
     [log] = export["inferences"]
     assert log["model"] == "packaged" and log["failed"] is False

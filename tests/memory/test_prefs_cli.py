@@ -95,6 +95,24 @@ def test_infer_stores_explicit_at_once_and_never_stores_a_failed_inference(run, 
     assert log["failed"] is True and log["attempts"] == 2 and log["statements"] == 0
 
 
+@pytest.mark.slow
+def test_infer_with_votes_stores_only_what_the_votes_support(run, tmp_path):
+    """The shipped adapter, constrained; its statements are voted on by sampled outputs compared with the memory's
+    embeddings. An impossible quorum is refused before anything runs; a quorum of one reports what it dropped."""
+    from alignment.errors import CdraError
+
+    signals = tmp_path / "signals.jsonl"
+    signals.write_text(json.dumps({"kind": "turn", "id": "t1", "user": "I dislike series with a lot of episodes; "
+                                   "they feel overwhelming. What should I watch this month?"}) + "\n")
+    with pytest.raises(CdraError, match=r"cannot exceed inference.votes \(2\)"):
+        run("prefs", "infer", "--user", "finn", "--signals", str(signals), "--votes", "2", "--min-support", "3")
+    out = run("prefs", "infer", "--user", "finn", "--signals", str(signals), "--votes", "2").output
+    assert "dropped as too few of 2 votes stated them" in out, out
+    [log] = json.loads(run("prefs", "export", "--user", "finn").output)["inferences"]
+    inferred = int(out.split("R_format=1; ")[1].split(" statement")[0])
+    assert log["statements"] == inferred and log["unsupported"] >= 0 and not log["failed"]
+
+
 @pytest.fixture
 def slice_file(shared_dir, tmp_path):
     from training.prefeval import import_preference_testset
