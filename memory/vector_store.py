@@ -40,6 +40,7 @@ from memory.config import MemoryConfig
 from memory.embeddings import Embedder, get_embedder
 from memory.private_files import private_dir, private_tree
 from memory.retrieval import Retrieval, Scored, pack, score_statements
+from memory.scrubbed_heap import scrubbed_allocations
 from memory.situations import applies_to
 from memory.tombstones import ChromaTombstones, ForgottenError, Tombstones, stamp
 
@@ -75,9 +76,11 @@ __all__ = ["Retrieval", "Scored", "UserMemory", "VectorMemory"]  # Retrieval liv
 
 
 def _wrap(what: str, fn: Callable[[], _T]) -> _T:
-    """Run a chroma call; anything it raises becomes a one-line CdraError naming the operation."""
+    """Run a chroma call (fresh heap memory scrubbed: memory/scrubbed_heap.py); anything it raises becomes a
+    one-line CdraError naming the operation."""
     try:
-        return fn()
+        with scrubbed_allocations():
+            return fn()
     except CdraError:
         raise
     except Exception as exc:  # chromadb raises many types (connection, sqlite, rust bindings)
@@ -133,7 +136,8 @@ class VectorMemory:
             return client
         try:
             self.persist_dir.mkdir(parents=True, exist_ok=True)
-            return chromadb.PersistentClient(path=str(self.persist_dir), settings=settings)
+            with scrubbed_allocations():
+                return chromadb.PersistentClient(path=str(self.persist_dir), settings=settings)
         except Exception as exc:
             raise MemoryUnavailableError(f"cannot open the vector memory at {self.persist_dir}: {exc}") from exc
 
@@ -183,7 +187,8 @@ class UserMemory:
         from chromadb.errors import NotFoundError
 
         try:
-            return client.get_collection(name, embedding_function=None)
+            with scrubbed_allocations():
+                return client.get_collection(name, embedding_function=None)
         except NotFoundError:  # this user has no memory (yet, or any more)
             return None
         except Exception as exc:  # an unreachable server must not look like an empty memory

@@ -23,8 +23,9 @@ def _many(n: int) -> list:
 
 
 def _previous(n: int) -> PreferenceDescription:
+    """n stored statements whose texts all cost the same tokens (which ones the cap keeps depends on the clock)."""
     return PreferenceDescription(statements=[
-        PreferenceStatement.make("prefers", f"topic number {i}", confidence=0.5) for i in range(n)])
+        PreferenceStatement.make("prefers", f"topic number {i:04d}", confidence=0.5) for i in range(n)])
 
 
 #: a small format (few, short statements) keeps the end-to-end tests fast on a CPU
