@@ -31,8 +31,9 @@ def _glibc_mallopt():
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
-        libc.gnu_get_libc_version  # only glibc has it (and M_PERTURB)
-    except (OSError, AttributeError):
+    except OSError:
+        return None
+    if not hasattr(libc, "gnu_get_libc_version"):  # only glibc has it (and M_PERTURB)
         return None
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -192,7 +192,8 @@ def card_markdown(card: dict) -> str:
               "## How the reasoning chains r are made", "",
               f"Sources: {card['r_source']}. A templated chain cites the signal that states the preference "
               "([eK], the user's sentence with the highest embedding similarity to the gold statement, quoted), "
-              "then concludes the gold statement; comparisons cite the choice; streaming chains say what is kept.",
+              "then concludes the gold statement; comparisons cite the choice and, where the user wrote why, "
+              "their sentence most similar to the gold; streaming chains say what is kept.",
               f"Evidence quality: {card['evidence']}.", ""]
     if card.get("teacher"):
         lines += ["Teacher chains (Eq. 7: G samples, kept when R_agree = 1):", "", f"{card['teacher']}", ""]

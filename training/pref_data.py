@@ -21,7 +21,7 @@ from alignment.errors import CdraError, FormatError
 from alignment.formats import StatementLine, render_inference
 from alignment.preference_inference import InferenceConfig, PreferenceInferrer
 from alignment.preferences import PreferenceDescription, PreferenceStatement
-from alignment.signals import ComparisonSignal, Signal, TurnSignal, parse_signal, signal_to_json
+from alignment.signals import ComparisonSignal, PostSignal, Signal, TurnSignal, parse_signal, signal_to_json
 from training.pref_rewards import GoldScorer, clip_words, gold_statements, statement_text
 
 #: three of the twelve dev topics, never trained on (the other eight PrefEval topics are held out elsewhere)
@@ -159,8 +159,13 @@ def template_chain(form: str, signals: Sequence[Signal], golds: Sequence[Stateme
     first = signals[0]
     if isinstance(first, ComparisonSignal):
         text = (f'[e1] Asked "{_quote(first.post, 10)}", the user chose "{_quote(first.chosen, 12)}" over '
-                f'"{_quote(first.rejected, 10)}". The choice suggests they {_phrase(golds)}.')
+                f'"{_quote(first.rejected, 10)}".')
         tags, sim = ["e1"], None
+        if n > 1:  # the user's own words at the choice: the sentence that says why
+            index, sentence, sim = evidence_sentence(signals[1:], golds, scorer)
+            tags.append(f"e{index + 2}")
+            text += f' [e{index + 2}] They say: "{_quote(sentence, 16)}".'
+        text += f" The choice suggests they {_phrase(golds)}."
     else:
         index, sentence, sim = evidence_sentence(signals, golds, scorer)
         tag = f"e{index + 1}"
@@ -197,13 +202,19 @@ def fit_target(reasoning: str, lines: Sequence[StatementLine], count: Callable[[
 
 
 # -- PrefEval -> records ------------------------------------------------------------------------------
-def _signals(form: str, record, rng: random.Random, base: str) -> list[Signal]:
+def _signals(form: str, record, rng: random.Random, base: str, choice_words: bool = True) -> list[Signal]:
+    """E for one PrefEval record. A choice is a comparison signal followed, with ``choice_words``, by what the
+    user wrote when choosing (PrefEval's ``user_selection``: it often says why); without them it is a bare
+    comparison, as the app logs a regenerated reply the user liked."""
     if form == "explicit":
         return [TurnSignal(kind="turn", id=f"{base}-e1", user=record.preference),
                 TurnSignal(kind="turn", id=f"{base}-e2", user=record.question)]
     if form == "implicit-choice":
-        return [ComparisonSignal(kind="comparison", id=f"{base}-e1", post=record.conversation.query,
-                                 chosen=record.aligned_op, rejected=rng.choice(record.conflicting))]
+        comparison = ComparisonSignal(kind="comparison", id=f"{base}-e1", post=record.conversation.query,
+                                      chosen=record.aligned_op, rejected=rng.choice(record.conflicting))
+        if not choice_words:
+            return [comparison]
+        return [comparison, PostSignal(kind="post", id=f"{base}-e2", text=record.conversation.user_selection)]
     return [TurnSignal(kind="turn", id=f"{base}-e{k + 1}", user=t.user, assistant=t.assistant)
             for k, t in enumerate(record.turns)]
 
@@ -292,7 +303,8 @@ def _stream_records(topic, split, by_form, picked, golds_of, scorer, count, conf
         rec = by_form[form][i]
         if form == "implicit-choice" and not rec.conflicting:
             continue
-        signals = _signals(form, rec, random.Random(f"{seed}/{topic}/add/{i}"), f"prefeval/{topic}/stream-add/{i}")
+        signals = _signals(form, rec, random.Random(f"{seed}/{topic}/add/{i}"), f"prefeval/{topic}/stream-add/{i}",
+                           choice_words=False)  # bare comparisons, as logged regenerate pairs are
         previous = [StatementLine(g.stance, g.dimension, g.subject, 0.8) for g in golds_of[other]][:2]
         lines = [StatementLine(g.stance, g.dimension, g.subject, CONFIDENCE[form]) for g in golds_of[i]]
         out.append(_record(f"prefeval/{topic}/stream-add/{i}", topic, "stream-add", split, signals,

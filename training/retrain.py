@@ -28,6 +28,7 @@ from typing import Any, Literal
 from alignment.engines import Engine, ModelSpec, SamplingParams, build_engine
 from alignment.errors import CdraError, FormatError
 from alignment.prm import PersGenPRM, PRMConfig
+from training.balanced import grouped, round_robin
 from training.prm_trainer import SFTStageConfig, read_records, split_records, train_prm
 from training.registry import ModelRegistry, TrainingStart, fingerprint, training_start, write_json_atomic
 from training.rft import policy_prompt, train_rft
@@ -643,17 +644,11 @@ def _fmt(value: float | None) -> str:
 
 def _spread(scenarios: Sequence, k: int) -> list:
     """At most ``k`` scenarios, taken round-robin across users so every user is represented."""
-    by_user: dict[str, list] = {}
-    for s in scenarios:
-        user = (getattr(s, "source", None) or {}).get("user_id", "") if isinstance(getattr(s, "source", None), dict) else ""
-        by_user.setdefault(user, []).append(s)
-    picked: list = []
-    queues = list(by_user.values())
-    while len(picked) < k and any(queues):
-        for q in queues:
-            if q and len(picked) < k:
-                picked.append(q.pop(0))
-    return picked
+    def user(s) -> str:
+        source = getattr(s, "source", None)
+        return source.get("user_id", "") if isinstance(source, dict) else ""
+
+    return round_robin(grouped(scenarios, user), k)
 
 
 def run_retrain(config: RetrainConfig, source: SessionSource, console=None) -> RetrainResult:

@@ -40,17 +40,12 @@ def _records(data: Path, split: str):
 
 
 def _spread(records, k: int) -> list:
-    """At most ``k`` records, round-robin over forms (every form represented)."""
-    by_form: dict[str, list] = {}
-    for r in records:
-        by_form.setdefault(r.form, []).append(r)
-    out: list = []
-    queues = list(by_form.values())
-    while len(out) < k and any(queues):
-        for q in queues:
-            if q and len(out) < k:
-                out.append(q.pop(0))
-    return out
+    """At most ``k`` records, round-robin over forms and, within a form, over topics: a short run sees every form
+    and every training topic (the data files list one topic after another)."""
+    from training.balanced import grouped, round_robin
+
+    per_form = [round_robin(grouped(form, lambda r: r.topic)) for form in grouped(records, lambda r: r.form)]
+    return round_robin(per_form, k)
 
 
 def _run_dir(settings, kind: str, *parts: object) -> Path:

@@ -1,4 +1,4 @@
-"""Which records `cdra train prefs sft|grpo` trains on: round-robin over forms, and ``--skip`` continues past
+"""Which records `cdra train prefs sft|grpo` trains on: round-robin over forms and topics, and ``--skip`` continues past
 what an earlier ``--limit`` run used, never repeating it."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from alignment.errors import CdraError
 from app.cli.train_prefs import _select
 
 
-def _records(forms: dict[str, int]) -> list:
-    return [SimpleNamespace(form=f, id=f"{f}-{i}") for f, n in forms.items() for i in range(n)]
+def _records(forms: dict[str, int], topic: str = "t") -> list:
+    return [SimpleNamespace(form=f, topic=topic, id=f"{f}-{i}") for f, n in forms.items() for i in range(n)]
 
 
 def test_skip_continues_after_the_records_a_limited_run_used():
@@ -28,3 +28,13 @@ def test_skip_continues_after_the_records_a_limited_run_used():
 def test_skipping_past_the_end_is_an_error_that_says_so():
     with pytest.raises(CdraError, match="--skip 20 leaves none of the 3"):
         _select(_records({"explicit": 3}), [], tiny=False, limit=None, val_records=0, tiny_train=4, skip=20)
+
+
+def test_a_short_run_sees_every_topic_of_every_form():
+    # the data file lists one topic after another: a limit must not take the first topics only
+    train = [*_records({"explicit": 3, "implicit-choice": 3}, "games"), *_records({"explicit": 3}, "music"),
+             *_records({"explicit": 2, "implicit-choice": 1}, "fashion")]
+    picked, _ = _select(train, [], tiny=False, limit=6, val_records=0, tiny_train=4)
+    assert [(r.form, r.topic) for r in picked] == [
+        ("explicit", "games"), ("implicit-choice", "games"), ("explicit", "music"), ("implicit-choice", "fashion"),
+        ("explicit", "fashion"), ("implicit-choice", "games")]

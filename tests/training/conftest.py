@@ -19,6 +19,13 @@ PREFS = {
 }
 
 
+#: what the user wrote when choosing (PrefEval's ``user_selection`` says why, in passing)
+WHY = {prefs[0]: why for prefs, why in zip(
+    [p for topic in PREFS.values() for p in topic],
+    ["The other options are way too spicy for my stomach.", "The seafood places are a no for me.",
+     "The electronic options don't appeal to me.", "I'd rather hold a physical record than stream."])}
+
+
 def fake_prefeval(root: Path) -> Path:
     """A PrefEval root in the original layout: two topics, two preferences, all three forms."""
     for topic, prefs in PREFS.items():
@@ -28,7 +35,8 @@ def fake_prefeval(root: Path) -> Path:
             choice.append({"preference": pref, "question": question, "explanation": "-", "implicit_query": question,
                            "options": [good, *bad], "aligned_op": good,
                            "conversation": {"query": question, "assistant_options": f"1. {good} 2. {bad[0]}",
-                                            "user_selection": f"{good} sounds good.", "assistant_acknowledgment": "ok"}})
+                                            "user_selection": f"I'll go with option 1. {WHY[pref]}",
+                                            "assistant_acknowledgment": "ok"}})
             persona.append({"preference": pref, "question": question, "explanation": "-", "persona": "a teacher",
                             "conversation": {"0": {"user": "I teach history at a middle school.", "assistant": "Nice!"},
                                              "1": {"user": f"Planning a trip. By the way, {pref[0].lower()}{pref[1:]}",

@@ -42,8 +42,15 @@ def test_chains_cite_the_signal_that_states_the_preference(records):
     # it quotes the sentence of that turn that states it
     assert persona.target.reasoning.startswith('[e2] The user mentions: "By the way, i ')
     assert persona.target.statements[0].subject in persona.target.reasoning
-    choice = next(PrefRecord.model_validate(r) for r in records if r["form"] == "implicit-choice")
-    assert "the user chose" in choice.target.reasoning and choice.comparison is None  # the signal is the pair
+    choice = next(PrefRecord.model_validate(r) for r in records
+                  if r["form"] == "implicit-choice" and "spicy" in r["golds"][0])
+    assert choice.comparison is None  # the signals are the pair and the user's words at the choice
+    assert [s["kind"] for s in choice.signals] == ["comparison", "post"]
+    assert choice.signals[1]["text"] == "I'll go with option 1. The other options are way too spicy for my stomach."
+    assert "the user chose" in choice.target.reasoning and choice.evidence == ["e1", "e2"]
+    assert '[e2] They say: "The other options are way too spicy for my stomach".' in choice.target.reasoning
+    added = [PrefRecord.model_validate(r) for r in records if r["form"] == "stream-add"]
+    assert any(r.signals[0]["kind"] == "comparison" and len(r.signals) == 1 for r in added)  # bare, as the app logs
     explicit = next(PrefRecord.model_validate(r) for r in records if r["form"] == "explicit")
     assert explicit.comparison is not None and explicit.comparison.chosen  # a pair for R_jud
 
